@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-time set-up: a project-local Python environment holding the PyPI
+# torch==2.11.0 wheel (libtorch 2.11 for tch 0.24). Re-running is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION=2.11.0
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    echo "setup: installing torch==$TORCH_VERSION into .venv (about 3 GB, once)" >&2
+    .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
+ln -sfn "$torch_dir" .venv/libtorch

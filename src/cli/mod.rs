@@ -1,0 +1,41 @@
+//! The `reward-worker` command line.
+
+mod bench;
+mod common;
+mod score;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reward-worker",
+    version,
+    about = "Nemotron-4 multi-attribute reward models for RLAIF training loops"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score every assistant turn of JSONL conversations (one JSON line out per line in).
+    Score(score::ScoreArgs),
+    /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
+    Bench(bench::BenchArgs),
+}
+
+/// Exit status: 0 all good, 1 some records failed, 2 the run could not start or finish.
+pub fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Score(args) => score::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("reward-worker: error: {e}");
+            2
+        }
+    }
+}

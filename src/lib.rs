@@ -1,0 +1,30 @@
+//! `reward-worker`: a reward-model worker group for RLAIF training loops.
+//!
+//! It holds a frozen multi-attribute reward model of the Nemotron-4 family,
+//! scores every assistant turn of the conversations a policy-rollout engine
+//! sends, and turns the nine attribute scores into the scalar rewards that
+//! PPO / REINFORCE / GRPO updates consume. The contract is `DESIGN.md`.
+//!
+//! # Layout
+//!
+//! - [`model`]: `config.json` -> [`model::Config`], safetensors loading by HF
+//!   names (with per-rank slices), and the Nemotron-4 decoder + reward head as
+//!   plain math over a packed batch.
+//! - [`chat`]: input formats (seed `conversations`, OpenAI `messages`), the
+//!   SteerLM template, tokenisation, and the one-pass layout that scores every
+//!   assistant turn with probe tokens.
+//! - [`parallel`]: the [`parallel::Comm`] handle the model all-reduces through
+//!   (a no-op for one rank) and the tensor-parallel shard plan.
+//! - [`engine`]: [`engine::Scorer`] = model + tokenizer; prepares records and
+//!   scores them in token-budget batches.
+//! - [`batching`]: grouping by token budget.
+//! - [`reward`]: attribute names, weights and presets: raw scores -> scalar.
+//! - [`cli`]: the `reward-worker` command line (`main.rs` only calls it).
+
+pub mod batching;
+pub mod chat;
+pub mod cli;
+pub mod engine;
+pub mod model;
+pub mod parallel;
+pub mod reward;

@@ -1,0 +1,136 @@
+//! Attribute weights: named presets and explicit vectors.
+
+use super::ATTRIBUTES;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RewardError {
+    #[error("unknown preset `{0}` (known: {1})")]
+    UnknownPreset(String, String),
+    #[error("weights: {0}")]
+    BadWeights(String),
+}
+
+/// One weight per attribute; the reward is their dot product with the raw scores.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttributeWeights(pub [f64; 9]);
+
+/// The model card's mixing: `0.3*helpfulness + 0.74*correctness + 0.46*coherence + 0.47*complexity - 0.33*verbosity`.
+pub const DEFAULT_WEIGHTS: AttributeWeights =
+    AttributeWeights([0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33]);
+
+const PRESETS: [(&str, AttributeWeights); 2] = [
+    ("default", DEFAULT_WEIGHTS),
+    (
+        "helpfulness",
+        AttributeWeights([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+    ),
+];
+
+impl AttributeWeights {
+    /// A built-in preset by name.
+    pub fn preset(name: &str) -> Result<AttributeWeights, RewardError> {
+        PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, w)| *w)
+            .ok_or_else(|| {
+                RewardError::UnknownPreset(
+                    name.into(),
+                    PRESETS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })
+    }
+
+    /// `w1,..,w9` in attribute order.
+    pub fn parse(csv: &str) -> Result<AttributeWeights, RewardError> {
+        let values: Vec<f64> = csv
+            .split(',')
+            .enumerate()
+            .map(|(i, s)| {
+                s.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| {
+                        RewardError::BadWeights(format!(
+                            "weight {} (`{}`) is not a finite number",
+                            i + 1,
+                            s.trim()
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Self::from_slice(&values)
+    }
+
+    pub fn from_slice(values: &[f64]) -> Result<AttributeWeights, RewardError> {
+        let arr: [f64; 9] = values.try_into().map_err(|_| {
+            RewardError::BadWeights(format!(
+                "expected 9 weights ({}), got {}",
+                ATTRIBUTES.join(", "),
+                values.len()
+            ))
+        })?;
+        if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
+            return Err(RewardError::BadWeights(format!(
+                "weight {} ({}) is not finite",
+                i + 1,
+                ATTRIBUTES[i]
+            )));
+        }
+        Ok(AttributeWeights(arr))
+    }
+
+    /// The weighted sum of raw attribute scores.
+    pub fn reward(&self, raw: &[f32; 9]) -> f64 {
+        self.0.iter().zip(raw).map(|(w, &x)| w * x as f64).sum()
+    }
+}
+
+impl Default for AttributeWeights {
+    fn default() -> Self {
+        DEFAULT_WEIGHTS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_vectors() {
+        assert_eq!(
+            AttributeWeights::preset("default").unwrap(),
+            DEFAULT_WEIGHTS
+        );
+        assert!(matches!(
+            AttributeWeights::preset("nope"),
+            Err(RewardError::UnknownPreset(..))
+        ));
+        let w = AttributeWeights::parse("1,0,0,0,0,0,0,0,2").unwrap();
+        assert_eq!(
+            w.reward(&[1.5, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 0.25]),
+            2.0
+        );
+        let err = AttributeWeights::parse("1,2").unwrap_err().to_string();
+        assert!(
+            err.contains("expected 9 weights") && err.contains("got 2"),
+            "{err}"
+        );
+        let err = AttributeWeights::parse("1,2,x,4,5,6,7,8,9")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("weight 3 (`x`)"), "{err}");
+    }
+
+    #[test]
+    fn default_reward_matches_the_model_card() {
+        let raw = [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let expected = 0.3 + 0.74 * 2.0 + 0.46 * 3.0 + 0.47 * 4.0 - 0.33 * 5.0;
+        assert!((DEFAULT_WEIGHTS.reward(&raw) - expected).abs() < 1e-12);
+    }
+}
