@@ -186,3 +186,37 @@ impl RawConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_the_340b_architecture() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/nemotron-4-340b/config.json");
+        let cfg = Config::from_file(&path).unwrap();
+        assert_eq!((cfg.num_layers, cfg.hidden_size, cfg.intermediate_size), (96, 18432, 73728));
+        assert_eq!((cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rotary_dim), (96, 8, 192, 96));
+        assert_eq!((cfg.vocab_size, cfg.max_position_embeddings), (256000, 4096));
+    }
+
+    #[test]
+    fn older_layout_and_defaults() {
+        let text = r#"{"model_type": "nemotron", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8,
+                       "num_hidden_layers": 1, "num_attention_heads": 4, "rope_percent": 0.25, "rope_theta": 500.0}"#;
+        let cfg = Config::from_json(text).unwrap();
+        assert_eq!((cfg.num_kv_heads, cfg.head_dim, cfg.rotary_dim, cfg.rope_theta), (4, 16, 4, 500.0));
+    }
+
+    #[test]
+    fn rejects_other_architectures_and_bad_shapes() {
+        let err = Config::from_json(r#"{"model_type": "llama"}"#).unwrap_err().to_string();
+        assert!(err.contains("model_type is `llama`"), "{err}");
+        let text = r#"{"model_type": "nemotron", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8,
+                       "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3}"#;
+        let err = Config::from_json(text).unwrap_err().to_string();
+        assert!(err.contains("not a multiple of num_key_value_heads (3)"), "{err}");
+        let err = Config::from_json(r#"{"model_type": "nemotron", "hidden_size": 64}"#).unwrap_err().to_string();
+        assert!(err.contains("`num_attention_heads` is missing"), "{err}");
+    }
+}
