@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const GOOD: &str = r#"{"conversations": [{"from": "User", "value": "What is 2 + 2?"}, {"from": "Assistant", "value": "4"}]}"#;
+const GOOD: &str =
+    r#"{"conversations": [{"from": "User", "value": "What is 2 + 2?"}, {"from": "Assistant", "value": "4"}]}"#;
 
 fn fixture_arg() -> String {
     fixture("tiny-nemotron-rm").display().to_string()
@@ -51,7 +52,8 @@ fn output_matches_the_reference_file_for_each_fixture_record() {
 
 #[test]
 fn openai_messages_score_like_the_seed_format() {
-    let openai = json!({"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]});
+    let openai =
+        json!({"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]});
     let out = run_cli(&["score"], &format!("{GOOD}\n{openai}\n"));
     let lines = json_lines(&out);
     assert_eq!(lines[0]["turns"], lines[1]["turns"]);
@@ -128,7 +130,9 @@ fn left_truncation_keeps_the_scored_turn_and_reports_it() {
     let model = dir.path().display().to_string();
     let filler = "The quick brown fox jumps over the lazy dog. ".repeat(3);
     let turns = |n: usize| -> Vec<Value> {
-        (0..n).map(|i| json!({"from": if i % 2 == 0 { "User" } else { "Assistant" }, "value": format!("{i} {filler}")})).collect()
+        (0..n)
+            .map(|i| json!({"from": if i % 2 == 0 { "User" } else { "Assistant" }, "value": format!("{i} {filler}")}))
+            .collect()
     };
     let full = json!({"conversations": turns(6)});
 
@@ -188,10 +192,14 @@ fn broken_models_give_errors_that_name_the_problem() {
 
     let shapes = copy_model("tiny-nemotron-rm");
     let path = shapes.path().join("config.json");
-    let text = std::fs::read_to_string(&path).unwrap().replace("\"intermediate_size\": 256", "\"intermediate_size\": 128");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("\"intermediate_size\": 256", "\"intermediate_size\": 128");
     std::fs::write(&path, text).unwrap();
     let err = load_error(shapes.path());
-    assert!(err.contains("model.layers.0.mlp.up_proj.weight") && err.contains("[256, 64]") && err.contains("[128, 64]"), "{err}");
+    assert!(
+        err.contains("model.layers.0.mlp.up_proj.weight") && err.contains("[256, 64]") && err.contains("[128, 64]"),
+        "{err}"
+    );
 
     let no_specials = copy_model("tiny-nemotron-rm");
     let path = no_specials.path().join("tokenizer.json");

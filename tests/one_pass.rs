@@ -1,4 +1,5 @@
-//! One forward per conversation equals scoring every prefix on its own, and a
+//! One forward per conversation equals scoring every prefix on its own (to float
+//! rounding: the GEMMs see other row counts, and raw scores are O(10)), and a
 //! record's scores do not depend on what else is in its batch or how the
 //! checkpoint is split into files.
 
@@ -39,7 +40,7 @@ fn one_pass_equals_per_prefix_scoring() {
                 let last = alone.turns.len() - 1;
                 assert_eq!(alone.turns[last].turn, turn.turn);
                 let diff = max_abs_diff(&raw(together, i), &raw(alone, last));
-                assert!(diff < 1e-5, "{name} {} turn {}: one pass differs by {diff}", case["id"], turn.turn);
+                assert!(diff < 5e-5, "{name} {} turn {}: one pass differs by {diff}", case["id"], turn.turn);
             }
         }
     }

@@ -45,7 +45,8 @@ fn token_ids_equal_the_reference_for_every_scored_prefix() {
             for (want, &(probe, prefix)) in case["turns"].as_array().unwrap().iter().zip(&seq.probes) {
                 let mut ids = seq.tokens[..prefix as usize].to_vec();
                 ids.push(probe);
-                let want: Vec<i64> = want["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+                let want: Vec<i64> =
+                    want["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
                 assert_eq!(ids, want, "{name} {}", case["id"]);
             }
         }

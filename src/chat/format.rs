@@ -37,12 +37,7 @@ pub struct Conversation {
 impl Conversation {
     /// Indices (into `turns`) of the assistant turns: the ones that get a score.
     pub fn assistant_turns(&self) -> Vec<usize> {
-        self.turns
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.role == Role::Assistant)
-            .map(|(i, _)| i)
-            .collect()
+        self.turns.iter().enumerate().filter(|(_, t)| t.role == Role::Assistant).map(|(i, _)| i).collect()
     }
 }
 
@@ -52,72 +47,47 @@ fn invalid(message: String) -> RecordError {
 
 /// Read one record in either format. Every error names the field at fault.
 pub fn parse_record(record: &Value) -> Result<Conversation, RecordError> {
-    let obj = record.as_object().ok_or_else(|| {
-        invalid(format!(
-            "a record must be a JSON object, got {}",
-            kind_of(record)
-        ))
-    })?;
+    let obj = record
+        .as_object()
+        .ok_or_else(|| invalid(format!("a record must be a JSON object, got {}", kind_of(record))))?;
     let conv = match (obj.get("conversations"), obj.get("messages")) {
         (Some(turns), None) => parse_seed(turns, obj.get("system"))?,
         (None, Some(messages)) => parse_openai(messages)?,
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "a record has either `conversations` or `messages`, not both".into(),
-            ))
+            return Err(invalid("a record has either `conversations` or `messages`, not both".into()))
         }
         (None, None) => {
-            return Err(invalid(
-                "a record needs `conversations` (seed format) or `messages` (OpenAI format)".into(),
-            ))
+            return Err(invalid("a record needs `conversations` (seed format) or `messages` (OpenAI format)".into()))
         }
     };
     if conv.assistant_turns().is_empty() {
-        return Err(RecordError::new(
-            "no_assistant_turn",
-            "the conversation has no assistant turn to score",
-        ));
+        return Err(RecordError::new("no_assistant_turn", "the conversation has no assistant turn to score"));
     }
     Ok(conv)
 }
 
 fn parse_seed(turns: &Value, system: Option<&Value>) -> Result<Conversation, RecordError> {
-    let items = turns.as_array().ok_or_else(|| {
-        invalid(format!(
-            "`conversations` must be an array, got {}",
-            kind_of(turns)
-        ))
-    })?;
+    let items =
+        turns.as_array().ok_or_else(|| invalid(format!("`conversations` must be an array, got {}", kind_of(turns))))?;
     let system = match system {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(invalid(format!(
-                "`system` must be a string, got {}",
-                kind_of(other)
-            )))
-        }
+        Some(other) => return Err(invalid(format!("`system` must be a string, got {}", kind_of(other)))),
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("conversations[{i}]");
         let role = string_field(item, "from", &at)?;
         let text = string_field(item, "value", &at)?;
-        out.push(Turn {
-            role: parse_role(role, &format!("{at}.from"))?,
-            text: text.to_owned(),
-        });
+        out.push(Turn { role: parse_role(role, &format!("{at}.from"))?, text: text.to_owned() });
     }
     Ok(Conversation { system, turns: out })
 }
 
 fn parse_openai(messages: &Value) -> Result<Conversation, RecordError> {
-    let items = messages.as_array().ok_or_else(|| {
-        invalid(format!(
-            "`messages` must be an array, got {}",
-            kind_of(messages)
-        ))
-    })?;
+    let items = messages
+        .as_array()
+        .ok_or_else(|| invalid(format!("`messages` must be an array, got {}", kind_of(messages))))?;
     let mut system = None;
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -126,17 +96,12 @@ fn parse_openai(messages: &Value) -> Result<Conversation, RecordError> {
         let text = content_text(item, &at)?;
         if role == "system" || role == "developer" {
             if !out.is_empty() {
-                return Err(invalid(format!(
-                    "{at}: a system message may only come before the first turn"
-                )));
+                return Err(invalid(format!("{at}: a system message may only come before the first turn")));
             }
             system = Some(text);
             continue;
         }
-        out.push(Turn {
-            role: parse_role(role, &format!("{at}.role"))?,
-            text,
-        });
+        out.push(Turn { role: parse_role(role, &format!("{at}.role"))?, text });
     }
     Ok(Conversation { system, turns: out })
 }
@@ -145,25 +110,16 @@ fn parse_role(role: &str, at: &str) -> Result<Role, RecordError> {
     match role.to_ascii_lowercase().as_str() {
         "user" | "human" => Ok(Role::User),
         "assistant" | "gpt" => Ok(Role::Assistant),
-        _ => Err(RecordError::new(
-            "unknown_role",
-            format!("{at}: unknown role `{role}` (expected User or Assistant)"),
-        )),
+        _ => Err(RecordError::new("unknown_role", format!("{at}: unknown role `{role}` (expected User or Assistant)"))),
     }
 }
 
 fn string_field<'a>(item: &'a Value, field: &str, at: &str) -> Result<&'a str, RecordError> {
     match item.get(field) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(invalid(format!(
-            "{at}.{field} must be a string, got {}",
-            kind_of(other)
-        ))),
+        Some(other) => Err(invalid(format!("{at}.{field} must be a string, got {}", kind_of(other)))),
         None if item.is_object() => Err(invalid(format!("{at} has no `{field}`"))),
-        None => Err(invalid(format!(
-            "{at} must be an object, got {}",
-            kind_of(item)
-        ))),
+        None => Err(invalid(format!("{at} must be an object, got {}", kind_of(item)))),
     }
 }
 
@@ -182,10 +138,9 @@ fn content_text(item: &Value, at: &str) -> Result<String, RecordError> {
             }
             Ok(text)
         }
-        Some(other) => Err(invalid(format!(
-            "{at}.content must be a string or an array of text parts, got {}",
-            kind_of(other)
-        ))),
+        Some(other) => {
+            Err(invalid(format!("{at}.content must be a string or an array of text parts, got {}", kind_of(other))))
+        }
         None => Err(invalid(format!("{at} has no `content`"))),
     }
 }
@@ -220,17 +175,11 @@ mod tests {
     fn errors_name_the_field() {
         let err = parse_record(&json!({"messages": [{"role": "user", "content": 3}]})).unwrap_err();
         assert_eq!(err.code, "invalid_record");
-        assert!(
-            err.message.contains("messages[0].content"),
-            "{}",
-            err.message
-        );
-        let err =
-            parse_record(&json!({"conversations": [{"from": "Robot", "value": "x"}]})).unwrap_err();
+        assert!(err.message.contains("messages[0].content"), "{}", err.message);
+        let err = parse_record(&json!({"conversations": [{"from": "Robot", "value": "x"}]})).unwrap_err();
         assert_eq!(err.code, "unknown_role");
         assert!(err.message.contains("conversations[0].from") && err.message.contains("Robot"));
-        let err =
-            parse_record(&json!({"conversations": [{"from": "User", "value": "x"}]})).unwrap_err();
+        let err = parse_record(&json!({"conversations": [{"from": "User", "value": "x"}]})).unwrap_err();
         assert_eq!(err.code, "no_assistant_turn");
         let err = parse_record(&json!([1, 2])).unwrap_err();
         assert!(err.message.contains("JSON object"));

@@ -10,17 +10,7 @@
 use super::RecordError;
 
 /// What to do with a scored prefix longer than the model's context.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Deserialize,
-    serde::Serialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Truncate {
     /// A per-record error.
@@ -106,12 +96,7 @@ pub fn layout_conversation(
     let mut built_to = 0; // turns[..built_to] of the current sequence are in it
     for (&k, &start) in scored.iter().zip(&starts) {
         if current.map(|(s, _)| s) != Some(start) {
-            out.push(Sequence {
-                tokens: header.to_vec(),
-                probes: vec![],
-                turns: vec![],
-                truncated: start > 0,
-            });
+            out.push(Sequence { tokens: header.to_vec(), probes: vec![], turns: vec![], truncated: start > 0 });
             current = Some((start, out.len() - 1));
             built_to = start;
         }
@@ -138,8 +123,7 @@ mod tests {
 
     #[test]
     fn one_sequence_with_a_probe_per_assistant_turn() {
-        let seqs =
-            layout_conversation(&[1, 2], &turns(), &[1, 3], S, 4096, Truncate::None).unwrap();
+        let seqs = layout_conversation(&[1, 2], &turns(), &[1, 3], S, 4096, Truncate::None).unwrap();
         assert_eq!(seqs.len(), 1);
         assert_eq!(seqs[0].tokens, vec![1, 2, 10, 11, 20, 21, 22, 30, 40, 41]);
         assert_eq!(seqs[0].probes, vec![(S, 7), (S, 10)]);
@@ -155,14 +139,9 @@ mod tests {
 
     #[test]
     fn too_long_is_an_error_by_default() {
-        let err =
-            layout_conversation(&[1, 2], &turns(), &[1, 3], S, 10, Truncate::None).unwrap_err();
+        let err = layout_conversation(&[1, 2], &turns(), &[1, 3], S, 10, Truncate::None).unwrap_err();
         assert_eq!(err.code, "context_length_exceeded");
-        assert!(
-            err.message.contains("turn 3 needs 11 tokens"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("turn 3 needs 11 tokens"), "{}", err.message);
     }
 
     #[test]
@@ -170,25 +149,14 @@ mod tests {
         // context 8: turn 1 needs 2+2+3+1 = 8 (fits); turn 3 needs 11 -> drop turns 0 and 1 -> 2+1+2+1 = 6
         let seqs = layout_conversation(&[1, 2], &turns(), &[1, 3], S, 8, Truncate::Left).unwrap();
         assert_eq!(seqs.len(), 2);
-        assert_eq!(
-            (seqs[0].tokens.clone(), seqs[0].truncated),
-            (vec![1, 2, 10, 11, 20, 21, 22], false)
-        );
+        assert_eq!((seqs[0].tokens.clone(), seqs[0].truncated), (vec![1, 2, 10, 11, 20, 21, 22], false));
         assert_eq!(seqs[1].tokens, vec![1, 2, 30, 40, 41]);
-        assert_eq!(
-            (seqs[1].probes.clone(), seqs[1].truncated),
-            (vec![(S, 5)], true)
-        );
+        assert_eq!((seqs[1].probes.clone(), seqs[1].truncated), (vec![(S, 5)], true));
     }
 
     #[test]
     fn a_scored_turn_that_cannot_fit_is_an_error_even_when_truncating() {
-        let err =
-            layout_conversation(&[1, 2], &[vec![5; 20]], &[0], S, 8, Truncate::Left).unwrap_err();
-        assert!(
-            err.message.contains("alone with the system prompt"),
-            "{}",
-            err.message
-        );
+        let err = layout_conversation(&[1, 2], &[vec![5; 20]], &[0], S, 8, Truncate::Left).unwrap_err();
+        assert!(err.message.contains("alone with the system prompt"), "{}", err.message);
     }
 }

@@ -21,9 +21,6 @@ pub struct RecordError {
 
 impl RecordError {
     pub fn new(code: &'static str, message: impl Into<String>) -> RecordError {
-        RecordError {
-            code,
-            message: message.into(),
-        }
+        RecordError { code, message: message.into() }
     }
 }

@@ -18,17 +18,10 @@ pub struct ChatTokenizer {
 impl ChatTokenizer {
     pub fn from_file(path: &Path) -> Result<ChatTokenizer, ModelError> {
         if !path.exists() {
-            return Err(ModelError::Tokenizer(format!(
-                "{} does not exist",
-                path.display()
-            )));
+            return Err(ModelError::Tokenizer(format!("{} does not exist", path.display())));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| {
-            ModelError::Tokenizer(format!(
-                "{} is not a valid tokenizer.json: {e}",
-                path.display()
-            ))
-        })?;
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer(format!("{} is not a valid tokenizer.json: {e}", path.display())))?;
         Self::new(inner).map_err(|e| match e {
             ModelError::Tokenizer(m) => ModelError::Tokenizer(format!("{}: {m}", path.display())),
             other => other,
@@ -36,8 +29,8 @@ impl ChatTokenizer {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<ChatTokenizer, ModelError> {
-        let inner = Tokenizer::from_bytes(bytes)
-            .map_err(|e| ModelError::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
+        let inner =
+            Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
         Self::new(inner)
     }
 
@@ -45,9 +38,7 @@ impl ChatTokenizer {
         let mut score_id = 0;
         for special in SPECIALS {
             let id = inner.token_to_id(special).ok_or_else(|| {
-                ModelError::Tokenizer(format!(
-                    "has no `{special}` token; SteerLM reward models need <extra_id_0..2>"
-                ))
+                ModelError::Tokenizer(format!("has no `{special}` token; SteerLM reward models need <extra_id_0..2>"))
             })?;
             let encoded = inner
                 .encode(special, false)

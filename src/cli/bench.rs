@@ -26,18 +26,13 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<i32, String> {
     let scorer = args.model.load()?;
-    let file = std::fs::File::open(&args.input)
-        .map_err(|e| format!("cannot open input {}: {e}", args.input.display()))?;
+    let file =
+        std::fs::File::open(&args.input).map_err(|e| format!("cannot open input {}: {e}", args.input.display()))?;
     let mut prepared = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
-        let record: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("line {}: invalid JSON: {e}", i + 1))?;
-        prepared.push(
-            scorer
-                .prepare(&record, args.model.options())
-                .map_err(|e| format!("line {}: {e}", i + 1))?,
-        );
+        let record: Value = serde_json::from_str(&line).map_err(|e| format!("line {}: invalid JSON: {e}", i + 1))?;
+        prepared.push(scorer.prepare(&record, args.model.options()).map_err(|e| format!("line {}: {e}", i + 1))?);
     }
     let records: Vec<&PreparedRecord> = prepared.iter().collect();
     let mut times = Vec::with_capacity(args.repeat);
@@ -56,10 +51,7 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
     let seconds = times[times.len() / 2];
     let useful: usize = records.iter().map(|r| r.useful_tokens()).sum();
     let processed: usize = records.iter().map(|r| r.tokens()).sum();
-    let turns: usize = records
-        .iter()
-        .map(|r| r.sequences.iter().map(|s| s.probes.len()).sum::<usize>())
-        .sum();
+    let turns: usize = records.iter().map(|r| r.sequences.iter().map(|s| s.probes.len()).sum::<usize>()).sum();
     let report = json!({
         "records": records.len(),
         "scored_turns": turns,

@@ -58,17 +58,13 @@ impl ModelArgs {
         let device = parse_device(&self.device).map_err(|e| e.to_string())?;
         let source = ModelSource::from_arg(self.model.as_deref());
         let started = std::time::Instant::now();
-        let scorer = Scorer::load(&source, self.dtype, device)
-            .map_err(|e| format!("cannot load the model: {e}"))?;
+        let scorer = Scorer::load(&source, self.dtype, device).map_err(|e| format!("cannot load the model: {e}"))?;
         tracing::info!(model = %scorer.name, dtype = ?self.dtype, device = %self.device,
                        seconds = started.elapsed().as_secs_f64(), "model loaded");
         Ok(scorer)
     }
 
     pub fn options(&self) -> ScoreOptions {
-        ScoreOptions {
-            truncate: self.truncate,
-            use_record_system: self.use_record_system,
-        }
+        ScoreOptions { truncate: self.truncate, use_record_system: self.use_record_system }
     }
 }

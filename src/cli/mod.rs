@@ -7,11 +7,7 @@ mod score;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "reward-worker",
-    version,
-    about = "Nemotron-4 multi-attribute reward models for RLAIF training loops"
-)]
+#[command(name = "reward-worker", version, about = "Nemotron-4 multi-attribute reward models for RLAIF training loops")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

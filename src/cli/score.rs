@@ -63,13 +63,7 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
         Ok(())
     };
     for (index, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| {
-            format!(
-                "cannot read {} at line {}: {e}",
-                args.input.display(),
-                index + 1
-            )
-        })?;
+        let line = line.map_err(|e| format!("cannot read {} at line {}: {e}", args.input.display(), index + 1))?;
         lines += 1;
         chunk.push((index, parse_line(index, &line)));
         if chunk.len() >= args.chunk.max(1) {
@@ -77,36 +71,20 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
         }
     }
     flush(&mut chunk)?;
-    output
-        .flush()
-        .map_err(|e| format!("cannot write output: {e}"))?;
+    output.flush().map_err(|e| format!("cannot write output: {e}"))?;
     if lines == 0 {
-        return Err(format!(
-            "input {} is empty: no records to score",
-            args.input.display()
-        ));
+        return Err(format!("input {} is empty: no records to score", args.input.display()));
     }
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(
-        records = lines,
-        failed,
-        tokens,
-        seconds,
-        tokens_per_s = tokens as f64 / seconds,
-        "scored"
-    );
+    tracing::info!(records = lines, failed, tokens, seconds, tokens_per_s = tokens as f64 / seconds, "scored");
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
 fn parse_line(index: usize, line: &str) -> Result<Value, RecordError> {
     if line.trim().is_empty() {
-        return Err(RecordError::new(
-            "empty_line",
-            format!("line {} is empty", index + 1),
-        ));
+        return Err(RecordError::new("empty_line", format!("line {} is empty", index + 1)));
     }
-    serde_json::from_str(line)
-        .map_err(|e| RecordError::new("invalid_json", format!("line {}: {e}", index + 1)))
+    serde_json::from_str(line).map_err(|e| RecordError::new("invalid_json", format!("line {}: {e}", index + 1)))
 }
 
 fn score_chunk(
@@ -117,32 +95,13 @@ fn score_chunk(
     let opts = args.model.options();
     let prepared: Vec<(usize, Result<PreparedRecord, RecordError>)> = chunk
         .iter()
-        .map(|(i, v)| {
-            (
-                *i,
-                v.as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|v| scorer.prepare(v, opts)),
-            )
-        })
+        .map(|(i, v)| (*i, v.as_ref().map_err(Clone::clone).and_then(|v| scorer.prepare(v, opts))))
         .collect();
-    let ready: Vec<&PreparedRecord> = prepared
-        .iter()
-        .filter_map(|(_, p)| p.as_ref().ok())
-        .collect();
+    let ready: Vec<&PreparedRecord> = prepared.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
     let mut scored = scorer.score(&ready, args.model.batch_tokens).into_iter();
     prepared
         .into_iter()
-        .map(|(i, p)| {
-            (
-                i,
-                p.and_then(|_| {
-                    scored
-                        .next()
-                        .expect("one result per prepared record: this is a bug")
-                }),
-            )
-        })
+        .map(|(i, p)| (i, p.and_then(|_| scored.next().expect("one result per prepared record: this is a bug"))))
         .collect()
 }
 
@@ -168,8 +127,7 @@ fn open_input(path: &PathBuf) -> Result<Box<dyn BufRead>, String> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
     Ok(Box::new(BufReader::new(file)))
 }
 
@@ -177,7 +135,6 @@ fn open_output(path: &PathBuf) -> Result<Box<dyn Write>, String> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(BufWriter::new(std::io::stdout())));
     }
-    let file = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
+    let file = std::fs::File::create(path).map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
     Ok(Box::new(BufWriter::new(file)))
 }

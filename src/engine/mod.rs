@@ -13,9 +13,7 @@ use std::sync::Arc;
 use tch::Device;
 
 use crate::batching::plan_batches;
-use crate::chat::{
-    self, layout_conversation, template, ChatTokenizer, RecordError, Sequence, Truncate,
-};
+use crate::chat::{self, layout_conversation, template, ChatTokenizer, RecordError, Sequence, Truncate};
 use crate::model::nemotron::SeqInput;
 use crate::model::{DType, ModelError, NemotronRewardModel, PackedBatch};
 use crate::parallel::SingleRank;
@@ -42,11 +40,7 @@ impl PreparedRecord {
 
     /// Tokens of every scored prefix counted as if scored alone (prefix + score token).
     pub fn useful_tokens(&self) -> usize {
-        self.sequences
-            .iter()
-            .flat_map(|s| s.probes.iter())
-            .map(|&(_, prefix)| prefix as usize + 1)
-            .sum()
+        self.sequences.iter().flat_map(|s| s.probes.iter()).map(|&(_, prefix)| prefix as usize + 1).sum()
     }
 }
 
@@ -88,18 +82,8 @@ impl Scorer {
                 config.vocab_size
             )));
         }
-        let model = NemotronRewardModel::load(
-            &config,
-            &weights,
-            dtype.kind(),
-            device,
-            Arc::new(SingleRank),
-        )?;
-        Ok(Scorer {
-            model,
-            tokenizer,
-            name: source.name(),
-        })
+        let model = NemotronRewardModel::load(&config, &weights, dtype.kind(), device, Arc::new(SingleRank))?;
+        Ok(Scorer { model, tokenizer, name: source.name() })
     }
 
     /// The model's context length (`max_position_embeddings`).
@@ -108,26 +92,15 @@ impl Scorer {
     }
 
     /// Parse, render and tokenise one record.
-    pub fn prepare(
-        &self,
-        record: &Value,
-        opts: ScoreOptions,
-    ) -> Result<PreparedRecord, RecordError> {
+    pub fn prepare(&self, record: &Value, opts: ScoreOptions) -> Result<PreparedRecord, RecordError> {
         let conv = chat::parse_record(record)?;
         let encode = |text: &str| {
             self.tokenizer
                 .encode(text)
                 .map_err(|e| RecordError::new("tokenizer_error", format!("cannot tokenise: {e}")))
         };
-        let header = encode(&template::header(template::system_text(
-            &conv,
-            opts.use_record_system,
-        )))?;
-        let turns = conv
-            .turns
-            .iter()
-            .map(|t| encode(&template::turn(t)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let header = encode(&template::header(template::system_text(&conv, opts.use_record_system)))?;
+        let turns = conv.turns.iter().map(|t| encode(&template::turn(t))).collect::<Result<Vec<_>, _>>()?;
         let sequences = layout_conversation(
             &header,
             &turns,
@@ -141,16 +114,9 @@ impl Scorer {
 
     /// Score prepared records, batching their sequences by `batch_tokens`.
     /// A failed batch fails only the records that had a sequence in it.
-    pub fn score(
-        &self,
-        records: &[&PreparedRecord],
-        batch_tokens: usize,
-    ) -> Vec<Result<RecordScores, RecordError>> {
-        let seqs: Vec<(usize, &Sequence)> = records
-            .iter()
-            .enumerate()
-            .flat_map(|(r, rec)| rec.sequences.iter().map(move |s| (r, s)))
-            .collect();
+    pub fn score(&self, records: &[&PreparedRecord], batch_tokens: usize) -> Vec<Result<RecordScores, RecordError>> {
+        let seqs: Vec<(usize, &Sequence)> =
+            records.iter().enumerate().flat_map(|(r, rec)| rec.sequences.iter().map(move |s| (r, s))).collect();
         let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); records.len()];
         let mut failed: Vec<Option<RecordError>> = vec![None; records.len()];
         let lens: Vec<usize> = seqs.iter().map(|(_, s)| s.len()).collect();
@@ -162,11 +128,7 @@ impl Scorer {
                     for (r, seq) in batch {
                         for &turn in &seq.turns {
                             let raw = rows.next().expect("one score row per probe: this is a bug");
-                            turns[*r].push(TurnScore {
-                                turn,
-                                raw,
-                                truncated: seq.truncated,
-                            });
+                            turns[*r].push(TurnScore { turn, raw, truncated: seq.truncated });
                         }
                     }
                 }
@@ -186,29 +148,18 @@ impl Scorer {
                 Some(e) => Err(e),
                 None => {
                     turns.sort_by_key(|t| t.turn);
-                    Ok(RecordScores {
-                        turns,
-                        tokens: rec.tokens(),
-                    })
+                    Ok(RecordScores { turns, tokens: rec.tokens() })
                 }
             })
             .collect()
     }
 
     fn run_batch(&self, batch: &[(usize, &Sequence)]) -> Result<Vec<[f32; 9]>, ModelError> {
-        let inputs: Vec<SeqInput> = batch
-            .iter()
-            .map(|(_, s)| SeqInput {
-                tokens: &s.tokens,
-                probes: &s.probes,
-            })
-            .collect();
+        let inputs: Vec<SeqInput> =
+            batch.iter().map(|(_, s)| SeqInput { tokens: &s.tokens, probes: &s.probes }).collect();
         let packed = PackedBatch::pack(&inputs, self.model.device)?;
         let scores = self.model.forward(&packed)?;
         let flat = Vec::<f32>::try_from(scores.f_flatten(0, -1)?)?;
-        Ok(flat
-            .chunks_exact(9)
-            .map(|c| c.try_into().expect("chunks of 9"))
-            .collect())
+        Ok(flat.chunks_exact(9).map(|c| c.try_into().expect("chunks of 9")).collect())
     }
 }

@@ -31,9 +31,7 @@ impl ModelSource {
         match self {
             ModelSource::Dir(d) => {
                 let d = d.canonicalize().unwrap_or_else(|_| d.clone());
-                d.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| d.display().to_string())
+                d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| d.display().to_string())
             }
             ModelSource::EmbeddedDemo => "reward-worker-demo".into(),
         }
@@ -43,10 +41,7 @@ impl ModelSource {
         match self {
             ModelSource::Dir(dir) => {
                 if !dir.is_dir() {
-                    return Err(ModelError::Config(format!(
-                        "model directory {} does not exist",
-                        dir.display()
-                    )));
+                    return Err(ModelError::Config(format!("model directory {} does not exist", dir.display())));
                 }
                 let config = Config::from_file(&dir.join("config.json"))?;
                 let tokenizer = ChatTokenizer::from_file(&dir.join("tokenizer.json"))?;

@@ -65,8 +65,8 @@ impl Config {
     }
 
     pub fn from_json(text: &str) -> Result<Config, ModelError> {
-        let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config(format!("config.json is not valid: {e}")))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json is not valid: {e}")))?;
         raw.resolve()
     }
 }
@@ -74,9 +74,7 @@ impl Config {
 fn need(value: Option<i64>, field: &str) -> Result<i64, ModelError> {
     match value {
         Some(v) if v > 0 => Ok(v),
-        Some(v) => Err(ModelError::Config(format!(
-            "`{field}` must be positive, got {v}"
-        ))),
+        Some(v) => Err(ModelError::Config(format!("`{field}` must be positive, got {v}"))),
         None => Err(ModelError::Config(format!("`{field}` is missing"))),
     }
 }
@@ -92,9 +90,7 @@ impl RawConfig {
         } else {
             let archs = self.architectures.clone().unwrap_or_default();
             if !archs.iter().any(|a| a.starts_with("Nemotron")) {
-                return Err(ModelError::Config(
-                    "config.json has no `model_type` and no Nemotron architecture".into(),
-                ));
+                return Err(ModelError::Config("config.json has no `model_type` and no Nemotron architecture".into()));
             }
         }
         if let Some(act) = &self.hidden_act {
@@ -111,10 +107,7 @@ impl RawConfig {
         }
         let hidden_size = need(self.hidden_size, "hidden_size")?;
         let num_heads = need(self.num_attention_heads, "num_attention_heads")?;
-        let num_kv_heads = need(
-            self.num_key_value_heads.or(Some(num_heads)),
-            "num_key_value_heads",
-        )?;
+        let num_kv_heads = need(self.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
         if num_heads % num_kv_heads != 0 {
             return Err(ModelError::Config(format!(
                 "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
@@ -132,24 +125,17 @@ impl RawConfig {
         let rope = self.rope_parameters.as_ref();
         if let Some(kind) = rope.and_then(|r| r.rope_type.as_deref()) {
             if kind != "default" {
-                return Err(ModelError::Config(format!(
-                    "rope_type `{kind}` is not supported (only `default`)"
-                )));
+                return Err(ModelError::Config(format!("rope_type `{kind}` is not supported (only `default`)")));
             }
         }
-        let rope_theta = rope
-            .and_then(|r| r.rope_theta)
-            .or(self.rope_theta)
-            .unwrap_or(10000.0);
+        let rope_theta = rope.and_then(|r| r.rope_theta).or(self.rope_theta).unwrap_or(10000.0);
         let factor = rope
             .and_then(|r| r.partial_rotary_factor)
             .or(self.partial_rotary_factor)
             .or(self.rope_percent)
             .unwrap_or(0.5);
         if !(factor > 0.0 && factor <= 1.0) {
-            return Err(ModelError::Config(format!(
-                "partial_rotary_factor must be in (0, 1], got {factor}"
-            )));
+            return Err(ModelError::Config(format!("partial_rotary_factor must be in (0, 1], got {factor}")));
         }
         // transformers: int(head_dim * partial_rotary_factor)
         let rotary_dim = (head_dim as f64 * factor) as i64;
@@ -158,10 +144,7 @@ impl RawConfig {
                 "rotary dims ({rotary_dim} = head_dim {head_dim} x {factor}) must be even and positive"
             )));
         }
-        let num_labels = self
-            .num_labels
-            .or(self.id2label.as_ref().map(|m| m.len() as i64))
-            .unwrap_or(9);
+        let num_labels = self.num_labels.or(self.id2label.as_ref().map(|m| m.len() as i64)).unwrap_or(9);
         if num_labels != 9 {
             return Err(ModelError::Config(format!(
                 "the reward head has {num_labels} labels; Nemotron-4 reward models have 9 attributes"
@@ -178,10 +161,7 @@ impl RawConfig {
             rotary_dim,
             rope_theta,
             norm_eps: self.norm_eps.or(self.layer_norm_eps).unwrap_or(1e-5),
-            max_position_embeddings: need(
-                self.max_position_embeddings.or(Some(4096)),
-                "max_position_embeddings",
-            )?,
+            max_position_embeddings: need(self.max_position_embeddings.or(Some(4096)), "max_position_embeddings")?,
             num_labels,
         })
     }

@@ -15,10 +15,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Config(String),
     #[error("{file}: {message}")]
@@ -26,11 +23,7 @@ pub enum ModelError {
     #[error("checkpoint has no tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {got:?}, the config implies {expected:?}")]
-    Shape {
-        name: String,
-        expected: Vec<i64>,
-        got: Vec<i64>,
-    },
+    Shape { name: String, expected: Vec<i64>, got: Vec<i64> },
     #[error("tensor `{name}`: {message}")]
     Tensor { name: String, message: String },
     #[error("tokenizer: {0}")]
@@ -43,28 +36,20 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> ModelError {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        ModelError::Io { path: path.to_path_buf(), source }
     }
 
     /// Attach the file a configuration problem was found in.
     pub fn in_file(self, file: &Path) -> ModelError {
         match self {
-            ModelError::Config(message) => ModelError::InFile {
-                file: file.to_path_buf(),
-                message,
-            },
+            ModelError::Config(message) => ModelError::InFile { file: file.to_path_buf(), message },
             other => other,
         }
     }
 }
 
 /// Element type the decoder runs in. Norms, softmax and the reward head are fp32 regardless.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
@@ -86,9 +71,9 @@ pub fn parse_device(spec: &str) -> Result<tch::Device, ModelError> {
         "cpu" => Ok(tch::Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let index = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| {
-                    ModelError::Device(format!("`{s}` is not a device (cpu, cuda, cuda:N)"))
-                })?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| ModelError::Device(format!("`{s}` is not a device (cpu, cuda, cuda:N)")))?,
                 None => 0,
             };
             load_torch_cuda();
@@ -99,15 +84,11 @@ pub fn parse_device(spec: &str) -> Result<tch::Device, ModelError> {
                 )));
             }
             if index >= count {
-                return Err(ModelError::Device(format!(
-                    "`{s}` requested but only {count} CUDA device(s) exist"
-                )));
+                return Err(ModelError::Device(format!("`{s}` requested but only {count} CUDA device(s) exist")));
             }
             Ok(tch::Device::Cuda(index))
         }
-        other => Err(ModelError::Device(format!(
-            "`{other}` is not a device (cpu, cuda, cuda:N)"
-        ))),
+        other => Err(ModelError::Device(format!("`{other}` is not a device (cpu, cuda, cuda:N)"))),
     }
 }
 
@@ -115,11 +96,7 @@ pub fn parse_device(spec: &str) -> Result<tch::Device, ModelError> {
 /// would leave CUDA silently unavailable. Load it by hand before asking for a GPU;
 /// the binary's rpath points at the wheel's `torch/lib`, where it lives.
 fn load_torch_cuda() {
-    for name in [
-        c"libtorch_cuda.so",
-        c"libtorch_cuda_cpp.so",
-        c"libtorch_cuda_cu.so",
-    ] {
+    for name in [c"libtorch_cuda.so", c"libtorch_cuda_cpp.so", c"libtorch_cuda_cu.so"] {
         // SAFETY: dlopen with a valid C string; the handle is intentionally leaked so
         // the library stays loaded for the life of the process.
         let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };

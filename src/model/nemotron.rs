@@ -76,12 +76,7 @@ impl PackedBatch {
                 let m = Tensor::from_slice(&mask).f_view([probes, real_len + probes])?;
                 Some(m.f_to_device(device)?)
             };
-            spans.push(SeqSpan {
-                start,
-                real_len,
-                probes,
-                probe_mask,
-            });
+            spans.push(SeqSpan { start, real_len, probes, probe_mask });
         }
         let tokens = ids.len() as i64;
         Ok(PackedBatch {
@@ -102,31 +97,16 @@ struct LayerNorm1P {
 }
 
 impl LayerNorm1P {
-    fn load(
-        w: &Weights,
-        prefix: &str,
-        cfg: &Config,
-        device: Device,
-    ) -> Result<LayerNorm1P, ModelError> {
+    fn load(w: &Weights, prefix: &str, cfg: &Config, device: Device) -> Result<LayerNorm1P, ModelError> {
         let h = [cfg.hidden_size];
         let gamma = w.get(&format!("{prefix}.weight"), &h, Kind::Float, device)? + 1.0;
         let beta = w.get(&format!("{prefix}.bias"), &h, Kind::Float, device)?;
-        Ok(LayerNorm1P {
-            gamma,
-            beta,
-            eps: cfg.norm_eps,
-        })
+        Ok(LayerNorm1P { gamma, beta, eps: cfg.norm_eps })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let h = self.gamma.size();
-        let y = x.f_to_kind(Kind::Float)?.f_layer_norm(
-            &h,
-            Some(&self.gamma),
-            Some(&self.beta),
-            self.eps,
-            true,
-        )?;
+        let y = x.f_to_kind(Kind::Float)?.f_layer_norm(&h, Some(&self.gamma), Some(&self.beta), self.eps, true)?;
         Ok(y.f_to_kind(x.kind())?)
     }
 }
@@ -153,77 +133,48 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (r, n) = (plan.rank, plan.world);
         let rows = |name: &str, out: i64, rank, world| {
-            w.get_sharded(
-                &format!("{p}.{name}.weight"),
-                &[out, h],
-                0,
-                rank,
-                world,
-                kind,
-                dev,
-            )
+            w.get_sharded(&format!("{p}.{name}.weight"), &[out, h], 0, rank, world, kind, dev)
         };
         Ok(Attention {
             q: rows("q_proj", cfg.num_heads * d, r, n)?,
             k: rows("k_proj", cfg.num_kv_heads * d, plan.kv_rank, plan.kv_world)?,
             v: rows("v_proj", cfg.num_kv_heads * d, plan.kv_rank, plan.kv_world)?,
-            o: w.get_sharded(
-                &format!("{p}.o_proj.weight"),
-                &[h, cfg.num_heads * d],
-                1,
-                r,
-                n,
-                kind,
-                dev,
-            )?,
+            o: w.get_sharded(&format!("{p}.o_proj.weight"), &[h, cfg.num_heads * d], 1, r, n, kind, dev)?,
             heads: plan.heads,
             kv_heads: plan.kv_heads,
             head_dim: d,
         })
     }
 
-    /// Attention output before o_proj's all-reduce: `[T, hidden]` partial sums.
-    fn forward(
-        &self,
-        x: &Tensor,
-        rotary: &Rotary,
-        batch: &PackedBatch,
-    ) -> Result<Tensor, ModelError> {
+    /// Attention output before o_proj's all-reduce: `[T, hidden]` partial sums, or
+    /// `[probes, hidden]` when only the probe rows are needed (the last layer).
+    fn forward(&self, x: &Tensor, rotary: &Rotary, batch: &PackedBatch, rows: Rows) -> Result<Tensor, ModelError> {
         let t = x.size()[0];
         let d = self.head_dim;
-        let q = rotary.apply(
-            &x.f_linear::<&Tensor>(&self.q, None)?
-                .f_view([t, self.heads, d])?,
-        );
-        let k =
-            rotary.apply(
-                &x.f_linear::<&Tensor>(&self.k, None)?
-                    .f_view([t, self.kv_heads, d])?,
-            );
-        let v = x
-            .f_linear::<&Tensor>(&self.v, None)?
-            .f_view([t, self.kv_heads, d])?;
+        let q = rotary.apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?);
+        let k = rotary.apply(&x.f_linear::<&Tensor>(&self.k, None)?.f_view([t, self.kv_heads, d])?);
+        let v = x.f_linear::<&Tensor>(&self.v, None)?.f_view([t, self.kv_heads, d])?;
         let mut outs = Vec::with_capacity(batch.spans.len() * 2);
         for span in &batch.spans {
             let heads_first = |x: &Tensor, from, len| -> Result<Tensor, ModelError> {
-                Ok(x.f_narrow(0, from, len)?
-                    .f_transpose(0, 1)?
-                    .f_unsqueeze(0)?)
+                Ok(x.f_narrow(0, from, len)?.f_transpose(0, 1)?.f_unsqueeze(0)?)
             };
             let (s, l) = (span.start, span.real_len);
             let keys = self.repeat_kv(heads_first(&k, s, l + span.probes)?)?;
             let values = self.repeat_kv(heads_first(&v, s, l + span.probes)?)?;
-            let real = Tensor::f_scaled_dot_product_attention::<Tensor>(
-                &heads_first(&q, s, l)?,
-                &keys.f_narrow(2, 0, l)?,
-                &values.f_narrow(2, 0, l)?,
-                None,
-                0.0,
-                true,
-                None,
-                false,
-            )?;
-            outs.push(real);
+            if rows == Rows::All {
+                let real = Tensor::f_scaled_dot_product_attention::<Tensor>(
+                    &heads_first(&q, s, l)?,
+                    &keys.f_narrow(2, 0, l)?,
+                    &values.f_narrow(2, 0, l)?,
+                    None,
+                    0.0,
+                    true,
+                    None,
+                    false,
+                )?;
+                outs.push(real);
+            }
             if let Some(mask) = &span.probe_mask {
                 let probe = Tensor::f_scaled_dot_product_attention(
                     &heads_first(&q, s + l, span.probes)?,
@@ -238,11 +189,8 @@ impl Attention {
                 outs.push(probe);
             }
         }
-        // [1, heads, len, d] pieces -> [T, heads * d]
-        let out = Tensor::f_cat(&outs, 2)?
-            .f_squeeze_dim(0)?
-            .f_transpose(0, 1)?
-            .f_reshape([t, self.heads * d])?;
+        // [1, heads, len, d] pieces -> [rows, heads * d]
+        let out = Tensor::f_cat(&outs, 2)?.f_squeeze_dim(0)?.f_transpose(0, 1)?.f_reshape([-1, self.heads * d])?;
         Ok(out.f_linear::<&Tensor>(&self.o, None)?)
     }
 
@@ -259,49 +207,31 @@ impl Attention {
     }
 }
 
+/// Which rows a layer must produce: all of them, or (in the last layer, whose
+/// other rows nobody reads) only the probe tokens'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    All,
+    Probes,
+}
+
 struct Mlp {
     up: Tensor,
     down: Tensor,
 }
 
 impl Mlp {
-    fn load(
-        w: &Weights,
-        p: &str,
-        cfg: &Config,
-        plan: &ShardPlan,
-        kind: Kind,
-        dev: Device,
-    ) -> Result<Mlp, ModelError> {
+    fn load(w: &Weights, p: &str, cfg: &Config, plan: &ShardPlan, kind: Kind, dev: Device) -> Result<Mlp, ModelError> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Mlp {
-            up: w.get_sharded(
-                &format!("{p}.up_proj.weight"),
-                &[f, h],
-                0,
-                plan.rank,
-                plan.world,
-                kind,
-                dev,
-            )?,
-            down: w.get_sharded(
-                &format!("{p}.down_proj.weight"),
-                &[h, f],
-                1,
-                plan.rank,
-                plan.world,
-                kind,
-                dev,
-            )?,
+            up: w.get_sharded(&format!("{p}.up_proj.weight"), &[f, h], 0, plan.rank, plan.world, kind, dev)?,
+            down: w.get_sharded(&format!("{p}.down_proj.weight"), &[h, f], 1, plan.rank, plan.world, kind, dev)?,
         })
     }
 
     /// `down(relu(up(x))^2)` before down_proj's all-reduce.
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let up = x
-            .f_linear::<&Tensor>(&self.up, None)?
-            .f_relu()?
-            .f_square()?;
+        let up = x.f_linear::<&Tensor>(&self.up, None)?.f_relu()?.f_square()?;
         Ok(up.f_linear::<&Tensor>(&self.down, None)?)
     }
 }
@@ -320,21 +250,16 @@ impl Layer {
         rotary: &Rotary,
         batch: &PackedBatch,
         comm: &dyn Comm,
+        rows: Rows,
     ) -> Result<Tensor, ModelError> {
-        let attn = self
-            .attn
-            .forward(&self.input_norm.forward(x)?, rotary, batch)?;
-        let x = x.f_add(
-            &comm
-                .all_reduce(&attn)
-                .map_err(|e| ModelError::Device(e.to_string()))?,
-        )?;
+        let attn = self.attn.forward(&self.input_norm.forward(x)?, rotary, batch, rows)?;
+        let x = match rows {
+            Rows::All => x.shallow_clone(),
+            Rows::Probes => x.f_index_select(0, &batch.probe_rows)?,
+        };
+        let x = x.f_add(&comm.all_reduce(&attn).map_err(|e| ModelError::Device(e.to_string()))?)?;
         let mlp = self.mlp.forward(&self.post_norm.forward(&x)?)?;
-        Ok(x.f_add(
-            &comm
-                .all_reduce(&mlp)
-                .map_err(|e| ModelError::Device(e.to_string()))?,
-        )?)
+        Ok(x.f_add(&comm.all_reduce(&mlp).map_err(|e| ModelError::Device(e.to_string()))?)?)
     }
 }
 
@@ -348,18 +273,12 @@ impl RewardHead {
     fn load(w: &Weights, cfg: &Config, device: Device) -> Result<RewardHead, ModelError> {
         let n = cfg.num_labels;
         let weight = w.get("score.weight", &[n, cfg.hidden_size], Kind::Float, device)?;
-        let bias = if w.contains("score.bias") {
-            Some(w.get("score.bias", &[n], Kind::Float, device)?)
-        } else {
-            None
-        };
+        let bias = if w.contains("score.bias") { Some(w.get("score.bias", &[n], Kind::Float, device)?) } else { None };
         Ok(RewardHead { weight, bias })
     }
 
     fn forward(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(hidden
-            .f_to_kind(Kind::Float)?
-            .f_linear(&self.weight, self.bias.as_ref())?)
+        Ok(hidden.f_to_kind(Kind::Float)?.f_linear(&self.weight, self.bias.as_ref())?)
     }
 }
 
@@ -387,36 +306,14 @@ impl NemotronRewardModel {
     ) -> Result<NemotronRewardModel, ModelError> {
         let _guard = tch::no_grad_guard();
         let plan = ShardPlan::new(cfg, comm.rank(), comm.world())?;
-        let embed = weights.get(
-            "model.embed_tokens.weight",
-            &[cfg.vocab_size, cfg.hidden_size],
-            kind,
-            device,
-        )?;
+        let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], kind, device)?;
         let mut layers = Vec::with_capacity(cfg.num_layers as usize);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
-                input_norm: LayerNorm1P::load(
-                    weights,
-                    &format!("{p}.input_layernorm"),
-                    cfg,
-                    device,
-                )?,
-                attn: Attention::load(
-                    weights,
-                    &format!("{p}.self_attn"),
-                    cfg,
-                    &plan,
-                    kind,
-                    device,
-                )?,
-                post_norm: LayerNorm1P::load(
-                    weights,
-                    &format!("{p}.post_attention_layernorm"),
-                    cfg,
-                    device,
-                )?,
+                input_norm: LayerNorm1P::load(weights, &format!("{p}.input_layernorm"), cfg, device)?,
+                attn: Attention::load(weights, &format!("{p}.self_attn"), cfg, &plan, kind, device)?,
+                post_norm: LayerNorm1P::load(weights, &format!("{p}.post_attention_layernorm"), cfg, device)?,
                 mlp: Mlp::load(weights, &format!("{p}.mlp"), cfg, &plan, kind, device)?,
             });
         }
@@ -438,11 +335,13 @@ impl NemotronRewardModel {
         let _guard = tch::no_grad_guard();
         let mut x = self.embed.f_index_select(0, &batch.input_ids)?;
         let rotary = self.rotary.at(&batch.positions, self.kind);
-        for layer in &self.layers {
-            x = layer.forward(&x, &rotary, batch, self.comm.as_ref())?;
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let rows = if i == last { Rows::Probes } else { Rows::All };
+            x = layer.forward(&x, &rotary, batch, self.comm.as_ref(), rows)?;
         }
-        let probes = x.f_index_select(0, &batch.probe_rows)?;
-        let scores = self.head.forward(&self.norm.forward(&probes)?)?;
+        // x now holds the probe rows only.
+        let scores = self.head.forward(&self.norm.forward(&x)?)?;
         Ok(scores.f_to_device(Device::Cpu)?)
     }
 }

@@ -22,32 +22,18 @@ pub struct Rotary {
 impl RotaryTable {
     pub fn new(cfg: &Config, device: Device) -> RotaryTable {
         let rot = cfg.rotary_dim;
-        let exponents = Tensor::arange_start_step(0, rot, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
-            / rot as f64;
-        let inv_freq = Tensor::from(cfg.rope_theta as f32)
-            .to_device(device)
-            .pow(&exponents)
-            .reciprocal();
-        let positions =
-            Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, device)).to_kind(Kind::Float);
+        let exponents = Tensor::arange_start_step(0, rot, 2, (Kind::Int64, device)).to_kind(Kind::Float) / rot as f64;
+        let inv_freq = Tensor::from(cfg.rope_theta as f32).to_device(device).pow(&exponents).reciprocal();
+        let positions = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, device)).to_kind(Kind::Float);
         let freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], 1);
-        RotaryTable {
-            cos: emb.cos(),
-            sin: emb.sin(),
-            rotary_dim: rot,
-        }
+        RotaryTable { cos: emb.cos(), sin: emb.sin(), rotary_dim: rot }
     }
 
     /// Gather the rows for `positions` (`[T]`, int64) and cast to `kind`.
     pub fn at(&self, positions: &Tensor, kind: Kind) -> Rotary {
         let pick = |t: &Tensor| t.index_select(0, positions).to_kind(kind).unsqueeze(1);
-        Rotary {
-            cos: pick(&self.cos),
-            sin: pick(&self.sin),
-            rotary_dim: self.rotary_dim,
-        }
+        Rotary { cos: pick(&self.cos), sin: pick(&self.sin), rotary_dim: self.rotary_dim }
     }
 }
 
@@ -62,13 +48,7 @@ impl Rotary {
         if self.rotary_dim == head_dim {
             embedded
         } else {
-            Tensor::cat(
-                &[
-                    embedded,
-                    x.narrow(2, self.rotary_dim, head_dim - self.rotary_dim),
-                ],
-                2,
-            )
+            Tensor::cat(&[embedded, x.narrow(2, self.rotary_dim, head_dim - self.rotary_dim)], 2)
         }
     }
 }

@@ -46,10 +46,7 @@ impl Weights {
     pub fn open(dir: &Path) -> Result<Weights, ModelError> {
         let index_path = dir.join("model.safetensors.index.json");
         let names: Vec<PathBuf> = if index_path.exists() {
-            shard_names(&index_path)?
-                .into_iter()
-                .map(|n| dir.join(n))
-                .collect()
+            shard_names(&index_path)?.into_iter().map(|n| dir.join(n)).collect()
         } else {
             vec![dir.join("model.safetensors")]
         };
@@ -57,8 +54,7 @@ impl Weights {
         for name in names {
             let handle = std::fs::File::open(&name).map_err(|e| ModelError::io(&name, e))?;
             // SAFETY: the checkpoint is treated as read-only for the life of the map.
-            let map =
-                unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| ModelError::io(&name, e))?;
+            let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| ModelError::io(&name, e))?;
             files.push(File::parse(name, Bytes::Mapped(map))?);
         }
         Self::from_files(files)
@@ -66,10 +62,7 @@ impl Weights {
 
     /// A checkpoint compiled into the binary (the embedded demo model).
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Weights, ModelError> {
-        Self::from_files(vec![File::parse(
-            PathBuf::from(name),
-            Bytes::Static(bytes),
-        )?])
+        Self::from_files(vec![File::parse(PathBuf::from(name), Bytes::Static(bytes))?])
     }
 
     fn from_files(files: Vec<File>) -> Result<Weights, ModelError> {
@@ -87,14 +80,8 @@ impl Weights {
     }
 
     fn info(&self, name: &str) -> Result<(&File, &TensorInfo), ModelError> {
-        let file = &self.files[*self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.into()))?];
-        let info = file
-            .tensors
-            .get(name)
-            .expect("index names a tensor its file lacks: this is a bug");
+        let file = &self.files[*self.index.get(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?];
+        let info = file.tensors.get(name).expect("index names a tensor its file lacks: this is a bug");
         Ok((file, info))
     }
 
@@ -104,13 +91,7 @@ impl Weights {
     }
 
     /// The whole tensor `name`, checked against `shape`, as `kind` on `device`.
-    pub fn get(
-        &self,
-        name: &str,
-        shape: &[i64],
-        kind: Kind,
-        device: Device,
-    ) -> Result<Tensor, ModelError> {
+    pub fn get(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor, ModelError> {
         self.get_sharded(name, shape, 0, 0, 1, kind, device)
     }
 
@@ -130,29 +111,15 @@ impl Weights {
         let (file, info) = self.info(name)?;
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         if shape != full_shape {
-            return Err(ModelError::Shape {
-                name: name.into(),
-                expected: full_shape.to_vec(),
-                got: shape,
-            });
+            return Err(ModelError::Shape { name: name.into(), expected: full_shape.to_vec(), got: shape });
         }
         let stored = stored_kind(info.dtype).ok_or_else(|| ModelError::Tensor {
             name: name.into(),
-            message: format!(
-                "unsupported dtype {:?} in {}",
-                info.dtype,
-                file.name.display()
-            ),
+            message: format!("unsupported dtype {:?} in {}", info.dtype, file.name.display()),
         })?;
-        let data = &file.bytes
-            [file.data_start + info.data_offsets.0..file.data_start + info.data_offsets.1];
-        let (bytes, slice_shape) =
-            slice_bytes(data, &shape, dim, rank, world, info.dtype.bitsize() / 8).map_err(
-                |message| ModelError::Tensor {
-                    name: name.into(),
-                    message,
-                },
-            )?;
+        let data = &file.bytes[file.data_start + info.data_offsets.0..file.data_start + info.data_offsets.1];
+        let (bytes, slice_shape) = slice_bytes(data, &shape, dim, rank, world, info.dtype.bitsize() / 8)
+            .map_err(|message| ModelError::Tensor { name: name.into(), message })?;
         let tensor = Tensor::f_from_data_size(&bytes, &slice_shape, stored)?;
         Ok(tensor.f_to_kind(kind)?.f_to_device(device)?)
     }
@@ -160,22 +127,12 @@ impl Weights {
 
 impl File {
     fn parse(name: PathBuf, bytes: Bytes) -> Result<File, ModelError> {
-        let (header, metadata) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::InFile {
-                file: name.clone(),
-                message: format!("not a valid safetensors file: {e}"),
-            })?;
-        let tensors = metadata
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
-        Ok(File {
-            name,
-            data_start: 8 + header,
-            tensors,
-            bytes,
-        })
+        let (header, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::InFile {
+            file: name.clone(),
+            message: format!("not a valid safetensors file: {e}"),
+        })?;
+        let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+        Ok(File { name, data_start: 8 + header, tensors, bytes })
     }
 }
 
@@ -201,13 +158,9 @@ fn slice_bytes(
     if world == 1 {
         return Ok((data.to_vec(), shape.to_vec()));
     }
-    let size = *shape
-        .get(dim)
-        .ok_or_else(|| format!("has no dimension {dim} to shard"))? as usize;
+    let size = *shape.get(dim).ok_or_else(|| format!("has no dimension {dim} to shard"))? as usize;
     if size % world != 0 {
-        return Err(format!(
-            "dimension {dim} of size {size} does not divide into {world} shards"
-        ));
+        return Err(format!("dimension {dim} of size {size} does not divide into {world} shards"));
     }
     let chunk = size / world;
     let inner: usize = shape[dim + 1..].iter().product::<i64>() as usize * elem;
@@ -250,8 +203,6 @@ mod tests {
         assert_eq!((rows, shape), (vec![4, 5, 6, 7], vec![1, 4]));
         let (cols, shape) = slice_bytes(&data, &[2, 4], 1, 1, 2, 1).unwrap();
         assert_eq!((cols, shape), (vec![2, 3, 6, 7], vec![2, 2]));
-        assert!(slice_bytes(&data, &[2, 4], 1, 0, 3, 1)
-            .unwrap_err()
-            .contains("does not divide"));
+        assert!(slice_bytes(&data, &[2, 4], 1, 0, 3, 1).unwrap_err().contains("does not divide"));
     }
 }

@@ -26,40 +26,24 @@ pub struct ShardPlan {
 impl ShardPlan {
     pub fn new(cfg: &Config, rank: usize, world: usize) -> Result<ShardPlan, ModelError> {
         let w = world as i64;
-        let fail = |what: String| {
-            Err(ModelError::Config(format!(
-                "tensor parallel size {world}: {what}"
-            )))
-        };
+        let fail = |what: String| Err(ModelError::Config(format!("tensor parallel size {world}: {what}")));
         if world == 0 || rank >= world {
             return fail(format!("rank {rank} is out of range"));
         }
         if cfg.num_heads % w != 0 {
-            return fail(format!(
-                "{} attention heads do not divide evenly",
-                cfg.num_heads
-            ));
+            return fail(format!("{} attention heads do not divide evenly", cfg.num_heads));
         }
         if cfg.intermediate_size % w != 0 {
-            return fail(format!(
-                "intermediate_size {} does not divide evenly",
-                cfg.intermediate_size
-            ));
+            return fail(format!("intermediate_size {} does not divide evenly", cfg.intermediate_size));
         }
         let (kv_heads, kv_rank, kv_world) = if cfg.num_kv_heads >= w {
             if cfg.num_kv_heads % w != 0 {
-                return fail(format!(
-                    "{} kv heads do not divide evenly",
-                    cfg.num_kv_heads
-                ));
+                return fail(format!("{} kv heads do not divide evenly", cfg.num_kv_heads));
             }
             (cfg.num_kv_heads / w, rank, world)
         } else {
             if w % cfg.num_kv_heads != 0 {
-                return fail(format!(
-                    "{} kv heads cannot be replicated evenly",
-                    cfg.num_kv_heads
-                ));
+                return fail(format!("{} kv heads cannot be replicated evenly", cfg.num_kv_heads));
             }
             let replicas = world / cfg.num_kv_heads as usize;
             (1, rank / replicas, cfg.num_kv_heads as usize)
@@ -100,16 +84,7 @@ mod tests {
     #[test]
     fn splits_340b_over_eight_ranks() {
         let plan = ShardPlan::new(&nemotron_340b(), 3, 8).unwrap();
-        assert_eq!(
-            (
-                plan.heads,
-                plan.kv_heads,
-                plan.kv_rank,
-                plan.kv_world,
-                plan.ffn
-            ),
-            (12, 1, 3, 8, 9216)
-        );
+        assert_eq!((plan.heads, plan.kv_heads, plan.kv_rank, plan.kv_world, plan.ffn), (12, 1, 3, 8, 9216));
     }
 
     #[test]
@@ -117,17 +92,12 @@ mod tests {
         let mut cfg = nemotron_340b();
         cfg.num_kv_heads = 2;
         let plan = ShardPlan::new(&cfg, 5, 8).unwrap();
-        assert_eq!(
-            (plan.heads, plan.kv_heads, plan.kv_rank, plan.kv_world),
-            (12, 1, 1, 2)
-        );
+        assert_eq!((plan.heads, plan.kv_heads, plan.kv_rank, plan.kv_world), (12, 1, 1, 2));
     }
 
     #[test]
     fn rejects_uneven_splits() {
-        let err = ShardPlan::new(&nemotron_340b(), 0, 5)
-            .unwrap_err()
-            .to_string();
+        let err = ShardPlan::new(&nemotron_340b(), 0, 5).unwrap_err().to_string();
         assert!(err.contains("96 attention heads do not divide"), "{err}");
     }
 }

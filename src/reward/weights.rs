@@ -15,34 +15,17 @@ pub enum RewardError {
 pub struct AttributeWeights(pub [f64; 9]);
 
 /// The model card's mixing: `0.3*helpfulness + 0.74*correctness + 0.46*coherence + 0.47*complexity - 0.33*verbosity`.
-pub const DEFAULT_WEIGHTS: AttributeWeights =
-    AttributeWeights([0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33]);
+pub const DEFAULT_WEIGHTS: AttributeWeights = AttributeWeights([0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33]);
 
-const PRESETS: [(&str, AttributeWeights); 2] = [
-    ("default", DEFAULT_WEIGHTS),
-    (
-        "helpfulness",
-        AttributeWeights([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
-    ),
-];
+const PRESETS: [(&str, AttributeWeights); 2] =
+    [("default", DEFAULT_WEIGHTS), ("helpfulness", AttributeWeights([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]))];
 
 impl AttributeWeights {
     /// A built-in preset by name.
     pub fn preset(name: &str) -> Result<AttributeWeights, RewardError> {
-        PRESETS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, w)| *w)
-            .ok_or_else(|| {
-                RewardError::UnknownPreset(
-                    name.into(),
-                    PRESETS
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                )
-            })
+        PRESETS.iter().find(|(n, _)| *n == name).map(|(_, w)| *w).ok_or_else(|| {
+            RewardError::UnknownPreset(name.into(), PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))
+        })
     }
 
     /// `w1,..,w9` in attribute order.
@@ -51,17 +34,9 @@ impl AttributeWeights {
             .split(',')
             .enumerate()
             .map(|(i, s)| {
-                s.trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| {
-                        RewardError::BadWeights(format!(
-                            "weight {} (`{}`) is not a finite number",
-                            i + 1,
-                            s.trim()
-                        ))
-                    })
+                s.trim().parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    RewardError::BadWeights(format!("weight {} (`{}`) is not a finite number", i + 1, s.trim()))
+                })
             })
             .collect::<Result<_, _>>()?;
         Self::from_slice(&values)
@@ -69,18 +44,10 @@ impl AttributeWeights {
 
     pub fn from_slice(values: &[f64]) -> Result<AttributeWeights, RewardError> {
         let arr: [f64; 9] = values.try_into().map_err(|_| {
-            RewardError::BadWeights(format!(
-                "expected 9 weights ({}), got {}",
-                ATTRIBUTES.join(", "),
-                values.len()
-            ))
+            RewardError::BadWeights(format!("expected 9 weights ({}), got {}", ATTRIBUTES.join(", "), values.len()))
         })?;
         if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
-            return Err(RewardError::BadWeights(format!(
-                "weight {} ({}) is not finite",
-                i + 1,
-                ATTRIBUTES[i]
-            )));
+            return Err(RewardError::BadWeights(format!("weight {} ({}) is not finite", i + 1, ATTRIBUTES[i])));
         }
         Ok(AttributeWeights(arr))
     }
@@ -103,27 +70,13 @@ mod tests {
 
     #[test]
     fn presets_and_vectors() {
-        assert_eq!(
-            AttributeWeights::preset("default").unwrap(),
-            DEFAULT_WEIGHTS
-        );
-        assert!(matches!(
-            AttributeWeights::preset("nope"),
-            Err(RewardError::UnknownPreset(..))
-        ));
+        assert_eq!(AttributeWeights::preset("default").unwrap(), DEFAULT_WEIGHTS);
+        assert!(matches!(AttributeWeights::preset("nope"), Err(RewardError::UnknownPreset(..))));
         let w = AttributeWeights::parse("1,0,0,0,0,0,0,0,2").unwrap();
-        assert_eq!(
-            w.reward(&[1.5, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 0.25]),
-            2.0
-        );
+        assert_eq!(w.reward(&[1.5, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 0.25]), 2.0);
         let err = AttributeWeights::parse("1,2").unwrap_err().to_string();
-        assert!(
-            err.contains("expected 9 weights") && err.contains("got 2"),
-            "{err}"
-        );
-        let err = AttributeWeights::parse("1,2,x,4,5,6,7,8,9")
-            .unwrap_err()
-            .to_string();
+        assert!(err.contains("expected 9 weights") && err.contains("got 2"), "{err}");
+        let err = AttributeWeights::parse("1,2,x,4,5,6,7,8,9").unwrap_err().to_string();
         assert!(err.contains("weight 3 (`x`)"), "{err}");
     }
 
