@@ -159,7 +159,7 @@ fn slice_bytes(
         return Ok((data.to_vec(), shape.to_vec()));
     }
     let size = *shape.get(dim).ok_or_else(|| format!("has no dimension {dim} to shard"))? as usize;
-    if size % world != 0 {
+    if !size.is_multiple_of(world) {
         return Err(format!("dimension {dim} of size {size} does not divide into {world} shards"));
     }
     let chunk = size / world;
