@@ -35,7 +35,6 @@ impl ChatTokenizer {
     }
 
     fn new(inner: Tokenizer) -> Result<ChatTokenizer, ModelError> {
-        let mut score_id = 0;
         for special in SPECIALS {
             let id = inner.token_to_id(special).ok_or_else(|| {
                 ModelError::Tokenizer(format!("has no `{special}` token; SteerLM reward models need <extra_id_0..2>"))
@@ -49,8 +48,8 @@ impl ChatTokenizer {
                     encoded.get_ids()
                 )));
             }
-            score_id = id as i64;
         }
+        let score_id = inner.token_to_id(SCORE_TOKEN).expect("checked above") as i64;
         Ok(ChatTokenizer { inner, score_id })
     }
 
