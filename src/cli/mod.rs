@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod reward_args;
 mod score;
 
 use clap::{Parser, Subcommand};
