@@ -1,7 +1,9 @@
 //! The `reward-worker` command line.
 
+mod annotate;
 mod bench;
 mod common;
+mod progress;
 mod reward_args;
 mod score;
 
@@ -22,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Score every assistant turn of JSONL conversations (one JSON line out per line in).
     Score(score::ScoreArgs),
+    /// SteerLM labelling of a seed-format JSONL file (resumable; progress bar).
+    Annotate(annotate::AnnotateArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
 }
@@ -31,6 +35,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Annotate(args) => annotate::run(args),
     };
     match result {
         Ok(code) => code,
