@@ -7,7 +7,13 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const HELPSTEER: [&str; 5] = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"];
+const HELPSTEER: [&str; 5] = [
+    "helpfulness",
+    "correctness",
+    "coherence",
+    "complexity",
+    "verbosity",
+];
 
 /// Clamp to [0, 4] and round half to even (as Python's `round`).
 fn steerlm(x: f64) -> i64 {
@@ -26,8 +32,20 @@ fn write_input(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-fn annotate(input: &std::path::Path, output: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["annotate", "--model", FIXTURE, "--input", path_str(input), "--output", path_str(output)];
+fn annotate(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "annotate",
+        "--model",
+        FIXTURE,
+        "--input",
+        path_str(input),
+        "--output",
+        path_str(output),
+    ];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -44,22 +62,38 @@ fn annotate_labels_are_the_rounding_of_the_reference_scores() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 7);
     assert_eq!(lines[2], "{\"conversations\": [truncated");
-    let annotated: Vec<Value> = [0, 1, 3, 4, 5].iter().map(|&i| serde_json::from_str(lines[i]).unwrap()).collect();
+    let annotated: Vec<Value> = [0, 1, 3, 4, 5]
+        .iter()
+        .map(|&i| serde_json::from_str(lines[i]).unwrap())
+        .collect();
     let mut checked = 0;
     for (e, got) in expected().iter().zip(&annotated) {
         for turn in e["turns"].as_array().unwrap() {
             let k = turn["turn"].as_u64().unwrap() as usize;
-            let raw: Vec<f64> = turn["raw"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let raw: Vec<f64> = turn["raw"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             // The test means something only if no reference value sits on a rounding edge.
             for x in &raw[4..] {
-                assert!((x.clamp(0.0, 4.0).fract() - 0.5).abs() > 1e-3, "{x} is too close to .5");
+                assert!(
+                    (x.clamp(0.0, 4.0).fract() - 0.5).abs() > 1e-3,
+                    "{x} is too close to .5"
+                );
             }
             let want: Vec<String> = HELPSTEER
                 .iter()
                 .zip(&raw[4..])
                 .map(|(name, x)| format!("{name}:{}", steerlm(*x)))
                 .collect();
-            assert_eq!(got["conversations"][k]["label"], json!(want.join(",")), "{}", e["id"]);
+            assert_eq!(
+                got["conversations"][k]["label"],
+                json!(want.join(",")),
+                "{}",
+                e["id"]
+            );
             checked += 1;
         }
         for (k, t) in got["conversations"].as_array().unwrap().iter().enumerate() {
@@ -73,7 +107,10 @@ fn annotate_labels_are_the_rounding_of_the_reference_scores() {
     // A User label is set to null; the assistant turn is labelled as in line 0.
     let last: Value = serde_json::from_str(lines[6]).unwrap();
     assert_eq!(last["conversations"][0]["label"], Value::Null);
-    assert_eq!(last["conversations"][1]["label"], annotated[0]["conversations"][1]["label"]);
+    assert_eq!(
+        last["conversations"][1]["label"],
+        annotated[0]["conversations"][1]["label"]
+    );
 }
 
 #[test]
@@ -81,12 +118,19 @@ fn annotate_options_nine_names_floats_and_keeping_user_labels() {
     let dir = scratch("annotate_options");
     let input = write_input(&dir);
     let output = dir.join("out.jsonl");
-    let out = annotate(&input, &output, &["--all-attributes", "--no-round", "--user-labels", "keep"]);
+    let out = annotate(
+        &input,
+        &output,
+        &["--all-attributes", "--no-round", "--user-labels", "keep"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = std::fs::read_to_string(&output).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let first: Value = serde_json::from_str(lines[0]).unwrap();
-    let label = first["conversations"][1]["label"].as_str().unwrap().to_string();
+    let label = first["conversations"][1]["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let raw = &expected()[0]["turns"][0]["raw"];
     let parts: Vec<(&str, f64)> = label
         .split(',')
@@ -112,7 +156,12 @@ fn annotate_resumes_after_a_kill_to_the_same_file() {
     let full = dir.join("full.jsonl");
     annotate(&input, &full, &["--chunk", "2"]);
     let whole = std::fs::read(&full).unwrap();
-    let line_ends: Vec<usize> = whole.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i + 1).collect();
+    let line_ends: Vec<usize> = whole
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
     assert_eq!(line_ends.len(), 7);
     // Killed after 3 complete lines and half of the 4th; after 0 lines (half of
     // the first); after exactly 5 lines; and after everything.
@@ -120,7 +169,11 @@ fn annotate_resumes_after_a_kill_to_the_same_file() {
         let resumed = dir.join("resumed.jsonl");
         std::fs::write(&resumed, &whole[..cut]).unwrap();
         let out = annotate(&input, &resumed, &["--chunk", "2"]);
-        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", stderr(&out));
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "{}",
+            stderr(&out)
+        );
         assert_eq!(std::fs::read(&resumed).unwrap(), whole, "cut at byte {cut}");
     }
     // --overwrite starts over.
@@ -133,5 +186,9 @@ fn annotate_resumes_after_a_kill_to_the_same_file() {
     std::fs::write(&long, "x\n".repeat(8)).unwrap();
     let out = annotate(&input, &long, &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("has 8 lines but input"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has 8 lines but input"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -92,7 +92,11 @@ pub fn run(args: AnnotateArgs) -> Result<i32, String> {
         ));
     }
     if done > 0 {
-        tracing::info!(done, total, "resuming after the complete lines already in the output");
+        tracing::info!(
+            done,
+            total,
+            "resuming after the complete lines already in the output"
+        );
     }
     let mut output = BufWriter::new(
         OpenOptions::new()
@@ -135,7 +139,12 @@ pub fn run(args: AnnotateArgs) -> Result<i32, String> {
                 Ok(value) => writeln!(output, "{value}"),
                 Err((raw, e)) => {
                     bad += 1;
-                    tracing::warn!(line, code = e.code, "written through unlabelled: {}", e.message);
+                    tracing::warn!(
+                        line,
+                        code = e.code,
+                        "written through unlabelled: {}",
+                        e.message
+                    );
                     output.write_all(&raw).and_then(|_| output.write_all(b"\n"))
                 }
             };
@@ -161,7 +170,10 @@ fn plan(raw: Vec<u8>, scorer: &Scorer, args: &AnnotateArgs) -> Line {
         Err(e) => return bad(raw, RecordError::new("invalid_json", e.to_string())),
     };
     if !matches!(record.get("conversations"), Some(Value::Array(_))) {
-        let e = RecordError::new("invalid_record", "not the seed format: no `conversations` array");
+        let e = RecordError::new(
+            "invalid_record",
+            "not the seed format: no `conversations` array",
+        );
         return bad(raw, e);
     }
     let conv = match parse_record(&record) {
@@ -169,7 +181,11 @@ fn plan(raw: Vec<u8>, scorer: &Scorer, args: &AnnotateArgs) -> Line {
         Err(e) => return bad(raw, e),
     };
     let mut needs_score = false;
-    for (turn, item) in conv.turns.iter().zip(record["conversations"].as_array_mut().into_iter().flatten()) {
+    for (turn, item) in conv
+        .turns
+        .iter()
+        .zip(record["conversations"].as_array_mut().into_iter().flatten())
+    {
         if item.get("label").is_none_or(Value::is_null) {
             continue;
         }
@@ -232,7 +248,11 @@ fn finish_chunk(
         .collect()
 }
 
-fn fill_labels(record: &mut Value, scores: &RecordScores, opts: LabelOptions) -> Result<(), RecordError> {
+fn fill_labels(
+    record: &mut Value,
+    scores: &RecordScores,
+    opts: LabelOptions,
+) -> Result<(), RecordError> {
     let turns = record["conversations"]
         .as_array_mut()
         .expect("checked in plan(): this is a bug");
@@ -262,7 +282,8 @@ fn next_line(input: &mut impl BufRead, path: &Path) -> Result<Vec<u8>, String> {
 
 /// Lines in a file, counting a last line without `\n`.
 fn count_lines(path: &Path) -> Result<u64, String> {
-    let (newlines, _, tail) = scan(path).map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
+    let (newlines, _, tail) =
+        scan(path).map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
     Ok(newlines + u64::from(tail))
 }
 
@@ -275,8 +296,15 @@ fn keep_complete_lines(path: &Path) -> Result<u64, String> {
     let err = |e: std::io::Error| format!("cannot resume from output {}: {e}", path.display());
     let (lines, end, tail) = scan(path).map_err(err)?;
     if tail {
-        tracing::warn!(line = lines + 1, "dropping the partial last line of the output");
-        OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(end)).map_err(err)?;
+        tracing::warn!(
+            line = lines + 1,
+            "dropping the partial last line of the output"
+        );
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(end))
+            .map_err(err)?;
     }
     Ok(lines)
 }

@@ -12,9 +12,8 @@ pub fn bar(total: u64, done: u64, unit: &str, enabled: bool) -> ProgressBar {
         ProgressDrawTarget::hidden()
     };
     let bar = ProgressBar::with_draw_target(Some(total), target);
-    let template = format!(
-        "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}"
-    );
+    let template =
+        format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}");
     bar.set_style(
         ProgressStyle::with_template(&template)
             .expect("a fixed template: this is a bug")

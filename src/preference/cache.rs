@@ -35,26 +35,41 @@ impl CacheEntry {
     }
 }
 
-/// Read a cache: the good entries with their line numbers, and one error per
-/// bad line (which never stops the others). A missing file is an empty cache.
-pub fn read(path: &Path) -> Result<(Vec<(usize, CacheEntry)>, Vec<PreferenceError>), PreferenceError> {
+/// What reading a cache found.
+#[derive(Debug, Default)]
+pub struct CacheRead {
+    /// Good entries with their 1-based line numbers.
+    pub entries: Vec<(usize, CacheEntry)>,
+    /// One error per bad line (which never stops the others).
+    pub errors: Vec<PreferenceError>,
+}
+
+/// Read a cache. A missing file is an empty cache.
+pub fn read(path: &Path) -> Result<CacheRead, PreferenceError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(PreferenceError::Data(format!("cannot open cache {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheRead::default()),
+        Err(e) => {
+            return Err(PreferenceError::Data(format!(
+                "cannot open cache {}: {e}",
+                path.display()
+            )))
+        }
     };
-    let (mut entries, mut errors) = (Vec::new(), Vec::new());
+    let mut out = CacheRead::default();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| PreferenceError::Data(format!("cannot read cache {}: {e}", path.display())))?;
+        let line = line.map_err(|e| {
+            PreferenceError::Data(format!("cannot read cache {}: {e}", path.display()))
+        })?;
         if line.trim().is_empty() {
             continue;
         }
         match parse_line(&line) {
-            Ok(entry) => entries.push((i + 1, entry)),
-            Err(message) => errors.push(PreferenceError::line(i + 1, message)),
+            Ok(entry) => out.entries.push((i + 1, entry)),
+            Err(message) => out.errors.push(PreferenceError::line(i + 1, message)),
         }
     }
-    Ok((entries, errors))
+    Ok(out)
 }
 
 /// One cache line, with messages that say which field is wrong and how.
@@ -113,15 +128,23 @@ fn attributes(value: &Value, field: &str) -> Result<[f32; 9], String> {
 
 /// Append entries (one flush per call, so a killed run keeps what was scored).
 pub fn append(path: &Path, entries: &[CacheEntry]) -> Result<(), PreferenceError> {
-    let err = |e: std::io::Error| PreferenceError::Data(format!("cannot write cache {}: {e}", path.display()));
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
+    let err = |e: std::io::Error| {
+        PreferenceError::Data(format!("cannot write cache {}: {e}", path.display()))
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
     let text: String = entries.iter().map(|e| e.to_line() + "\n").collect();
     file.write_all(text.as_bytes()).map_err(err)
 }
 
 /// Replace the cache with exactly `entries` (temporary file + rename).
 pub fn rewrite(path: &Path, entries: &[&CacheEntry]) -> Result<(), PreferenceError> {
-    let err = |e: std::io::Error| PreferenceError::Data(format!("cannot write cache {}: {e}", path.display()));
+    let err = |e: std::io::Error| {
+        PreferenceError::Data(format!("cannot write cache {}: {e}", path.display()))
+    };
     let tmp = path.with_extension("tmp");
     let text: String = entries.iter().map(|e| e.to_line() + "\n").collect();
     std::fs::write(&tmp, text).map_err(err)?;
@@ -143,6 +166,8 @@ mod tests {
         let nan = good.replace("[0,0,0,0,1,2,3,4,5]", "[0,0,0,0,1,NaN,3,4,5]");
         assert!(parse_line(&nan).unwrap_err().contains("NaN"));
         let short = good.replace("[0,0,0,0,0,0,0,0,0]", "[0,0]");
-        assert!(parse_line(&short).unwrap_err().contains("`rejected` has 2 values"));
+        assert!(parse_line(&short)
+            .unwrap_err()
+            .contains("`rejected` has 2 values"));
     }
 }

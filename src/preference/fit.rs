@@ -58,13 +58,20 @@ pub fn accuracy(weights: &[f64], diffs: &[&[f64]]) -> f64 {
     correct as f64 / diffs.len().max(1) as f64
 }
 
-pub fn tune(diffs: &[[f64; 9]], baseline: &AttributeWeights, opts: &TuneOptions) -> Result<TuneResult, PreferenceError> {
+pub fn tune(
+    diffs: &[[f64; 9]],
+    baseline: &AttributeWeights,
+    opts: &TuneOptions,
+) -> Result<TuneResult, PreferenceError> {
     let bad = |m: String| Err(PreferenceError::Data(m));
     if opts.folds < 2 {
         return bad(format!("--folds must be at least 2, got {}", opts.folds));
     }
     if !(0.0..1.0).contains(&opts.test_fraction) {
-        return bad(format!("--test-fraction must be in [0, 1), got {}", opts.test_fraction));
+        return bad(format!(
+            "--test-fraction must be in [0, 1), got {}",
+            opts.test_fraction
+        ));
     }
     if opts.lambdas.is_empty() || opts.lambdas.iter().any(|l| !(l.is_finite() && *l > 0.0)) {
         return bad("--lambdas must be positive numbers".into());
@@ -83,7 +90,8 @@ pub fn tune(diffs: &[[f64; 9]], baseline: &AttributeWeights, opts: &TuneOptions)
             2 * opts.folds
         ));
     }
-    let project = |i: &usize| -> Vec<f64> { opts.attributes.iter().map(|&a| diffs[*i][a]).collect() };
+    let project =
+        |i: &usize| -> Vec<f64> { opts.attributes.iter().map(|&a| diffs[*i][a]).collect() };
     let x_train: Vec<Vec<f64>> = train.iter().map(project).collect();
     let folds: Vec<Vec<usize>> = (0..opts.folds)
         .map(|f| (f..x_train.len()).step_by(opts.folds).collect())
@@ -109,7 +117,8 @@ pub fn tune(diffs: &[[f64; 9]], baseline: &AttributeWeights, opts: &TuneOptions)
     for (k, &a) in opts.attributes.iter().enumerate() {
         weights[a] = w[k];
     }
-    let full = |idx: &[usize]| -> Vec<&[f64]> { idx.iter().map(|&i| diffs[i].as_slice()).collect() };
+    let full =
+        |idx: &[usize]| -> Vec<&[f64]> { idx.iter().map(|&i| diffs[i].as_slice()).collect() };
     let on_test = |w: &[f64]| (!test.is_empty()).then(|| accuracy(w, &full(test)));
     Ok(TuneResult {
         best_lambda: best.lambda,
@@ -124,7 +133,11 @@ pub fn tune(diffs: &[[f64; 9]], baseline: &AttributeWeights, opts: &TuneOptions)
     })
 }
 
-fn cross_validate(x: &[Vec<f64>], folds: &[Vec<usize>], lambda: f64) -> Result<CvPoint, PreferenceError> {
+fn cross_validate(
+    x: &[Vec<f64>],
+    folds: &[Vec<usize>],
+    lambda: f64,
+) -> Result<CvPoint, PreferenceError> {
     let (mut correct, mut loss, mut per_fold) = (0usize, 0.0, Vec::new());
     for held in folds {
         let rows: Vec<&[f64]> = (0..x.len())
@@ -138,7 +151,8 @@ fn cross_validate(x: &[Vec<f64>], folds: &[Vec<usize>], lambda: f64) -> Result<C
         per_fold.push(ok as f64 / held.len() as f64);
     }
     let mean = per_fold.iter().sum::<f64>() / per_fold.len() as f64;
-    let var = per_fold.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (per_fold.len() - 1) as f64;
+    let var =
+        per_fold.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (per_fold.len() - 1) as f64;
     Ok(CvPoint {
         lambda,
         accuracy: correct as f64 / x.len() as f64,
@@ -173,8 +187,9 @@ pub fn fit(rows: &[&[f64]], lambda: f64) -> Result<Vec<f64>, PreferenceError> {
         if grad.iter().all(|g| g.abs() < 1e-10) {
             break;
         }
-        let step = solve(hess, grad.clone())
-            .ok_or_else(|| PreferenceError::Data(format!("the fit is singular at lambda {lambda}")))?;
+        let step = solve(hess, grad.clone()).ok_or_else(|| {
+            PreferenceError::Data(format!("the fit is singular at lambda {lambda}"))
+        })?;
         let (f0, slope) = (objective(&w), dot(&grad, &step));
         let mut t = 1.0;
         loop {
@@ -187,7 +202,9 @@ pub fn fit(rows: &[&[f64]], lambda: f64) -> Result<Vec<f64>, PreferenceError> {
         }
     }
     if w.iter().any(|v| !v.is_finite()) {
-        return Err(PreferenceError::Data(format!("the fit diverged at lambda {lambda}")));
+        return Err(PreferenceError::Data(format!(
+            "the fit diverged at lambda {lambda}"
+        )));
     }
     Ok(w)
 }
@@ -202,12 +219,14 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
-        for row in col + 1..n {
-            let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+        let (top, below) = a.split_at_mut(col + 1);
+        let pivot_row = &top[col];
+        for (offset, row) in below.iter_mut().enumerate() {
+            let f = row[col] / pivot_row[col];
+            for (x, p) in row.iter_mut().zip(pivot_row).skip(col) {
+                *x -= f * p;
             }
-            b[row] -= f * b[col];
+            b[col + 1 + offset] -= f * b[col];
         }
     }
     let mut x = vec![0.0; n];

@@ -43,6 +43,10 @@ impl PreferenceError {
 
 /// Whether the chosen side wins under `weights`: strictly higher reward; a tie
 /// counts as wrong (as in RewardBench).
-pub fn chosen_wins(weights: &crate::reward::AttributeWeights, chosen: &[f32; 9], rejected: &[f32; 9]) -> bool {
+pub fn chosen_wins(
+    weights: &crate::reward::AttributeWeights,
+    chosen: &[f32; 9],
+    rejected: &[f32; 9],
+) -> bool {
     weights.reward(chosen) > weights.reward(rejected)
 }

@@ -144,8 +144,14 @@ mod tests {
                         "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}"#;
         let a = parse_pair(1, text, "m").unwrap();
         let b = parse_pair(2, lists, "m").unwrap();
-        assert_eq!(parse_record(&a.chosen).unwrap(), parse_record(&b.chosen).unwrap());
-        assert_eq!(parse_record(&a.rejected).unwrap(), parse_record(&b.rejected).unwrap());
+        assert_eq!(
+            parse_record(&a.chosen).unwrap(),
+            parse_record(&b.chosen).unwrap()
+        );
+        assert_eq!(
+            parse_record(&a.rejected).unwrap(),
+            parse_record(&b.rejected).unwrap()
+        );
         assert_eq!(b.subset, NO_SUBSET);
         assert_ne!(a.key, parse_pair(1, text, "other-model").unwrap().key);
         assert_eq!(a.key, parse_pair(9, text, "m").unwrap().key);
@@ -155,11 +161,24 @@ mod tests {
     fn errors_name_the_line_and_field() {
         let err = parse_pair(3, r#"{"prompt": "p", "chosen": "c"}"#, "m").unwrap_err();
         assert_eq!(err.to_string(), "line 3: missing `rejected`");
-        let err = parse_pair(4, r#"{"prompt": "p", "chosen": 5, "rejected": "r"}"#, "m").unwrap_err();
-        assert!(err.to_string().contains("line 4: `chosen` must be a string"), "{err}");
-        let err = parse_pair(5, r#"{"chosen": [{"role": "user", "content": "q"}], "rejected": "r"}"#, "m")
-            .unwrap_err();
-        assert!(err.to_string().contains("`chosen` must end with an assistant message"), "{err}");
+        let err =
+            parse_pair(4, r#"{"prompt": "p", "chosen": 5, "rejected": "r"}"#, "m").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("line 4: `chosen` must be a string"),
+            "{err}"
+        );
+        let err = parse_pair(
+            5,
+            r#"{"chosen": [{"role": "user", "content": "q"}], "rejected": "r"}"#,
+            "m",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`chosen` must end with an assistant message"),
+            "{err}"
+        );
         let err = parse_pair(6, "{oops", "m").unwrap_err();
         assert!(err.to_string().starts_with("line 6: invalid JSON"), "{err}");
     }

@@ -12,7 +12,12 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 
-pub fn accuracy_vs_lambda(grid: &[CvPoint], best_lambda: f64, baseline: f64, baseline_name: &str) -> String {
+pub fn accuracy_vs_lambda(
+    grid: &[CvPoint],
+    best_lambda: f64,
+    baseline: f64,
+    baseline_name: &str,
+) -> String {
     let xs: Vec<f64> = grid.iter().map(|p| p.lambda.log10()).collect();
     let (x_lo, x_hi) = span(xs.iter().copied());
     let ys = grid
@@ -21,7 +26,11 @@ pub fn accuracy_vs_lambda(grid: &[CvPoint], best_lambda: f64, baseline: f64, bas
         .chain([baseline]);
     let (y_lo, y_hi) = span(ys);
     let (y_lo, y_hi) = ((y_lo - 0.02).max(0.0), (y_hi + 0.02).min(1.0));
-    let (y_lo, y_hi) = if y_hi > y_lo { (y_lo, y_hi) } else { (0.0, 1.0) };
+    let (y_lo, y_hi) = if y_hi > y_lo {
+        (y_lo, y_hi)
+    } else {
+        (0.0, 1.0)
+    };
     let px = |x: f64| {
         if x_hi > x_lo {
             LEFT + (x - x_lo) / (x_hi - x_lo) * (W - LEFT - RIGHT)
@@ -97,7 +106,9 @@ pub fn accuracy_vs_lambda(grid: &[CvPoint], best_lambda: f64, baseline: f64, bas
             100.0 * p.accuracy
         );
     }
-    s += &format!("<polyline points=\"{path}\" fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\"/>\n");
+    s += &format!(
+        "<polyline points=\"{path}\" fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\"/>\n"
+    );
     s += &format!(
         "<text x=\"{}\" y=\"{}\" fill=\"crimson\">chosen lambda {:e}</text>\n</svg>\n",
         LEFT + 8.0,
@@ -108,9 +119,13 @@ pub fn accuracy_vs_lambda(grid: &[CvPoint], best_lambda: f64, baseline: f64, bas
 }
 
 fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    })
 }
 
 fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -15,7 +15,13 @@ use std::collections::BTreeMap;
 pub const REWARDBENCH_SECTIONS: [(&str, &[&str]); 4] = [
     (
         "Chat",
-        &["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+        &[
+            "alpacaeval-easy",
+            "alpacaeval-length",
+            "alpacaeval-hard",
+            "mt-bench-easy",
+            "mt-bench-med",
+        ],
     ),
     (
         "Chat Hard",
@@ -40,7 +46,15 @@ pub const REWARDBENCH_SECTIONS: [(&str, &[&str]); 4] = [
     ),
     (
         "Reasoning",
-        &["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+        &[
+            "math-prm",
+            "hep-cpp",
+            "hep-go",
+            "hep-java",
+            "hep-js",
+            "hep-python",
+            "hep-rust",
+        ],
     ),
 ];
 
@@ -90,7 +104,10 @@ pub struct AccuracyReport {
 }
 
 /// Build the report from `(subset, chosen won)` per pair.
-pub fn report<'a>(outcomes: impl IntoIterator<Item = (&'a str, bool)>, weighting: Weighting) -> AccuracyReport {
+pub fn report<'a>(
+    outcomes: impl IntoIterator<Item = (&'a str, bool)>,
+    weighting: Weighting,
+) -> AccuracyReport {
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (subset, won) in outcomes {
         let c = counts.entry(subset.to_string()).or_default();
@@ -128,7 +145,11 @@ pub fn report<'a>(outcomes: impl IntoIterator<Item = (&'a str, bool)>, weighting
             _ => s.pairs as f64,
         };
         let total: f64 = present.iter().map(|(n, s)| weight(n, s)).sum();
-        let accuracy = present.iter().map(|(n, s)| weight(n, s) * s.accuracy).sum::<f64>() / total;
+        let accuracy = present
+            .iter()
+            .map(|(n, s)| weight(n, s) * s.accuracy)
+            .sum::<f64>()
+            / total;
         sections.push(SectionScore {
             section,
             accuracy,
@@ -143,7 +164,11 @@ pub fn report<'a>(outcomes: impl IntoIterator<Item = (&'a str, bool)>, weighting
     AccuracyReport {
         pairs,
         correct,
-        accuracy: if pairs == 0 { 0.0 } else { correct as f64 / pairs as f64 },
+        accuracy: if pairs == 0 {
+            0.0
+        } else {
+            correct as f64 / pairs as f64
+        },
         subsets,
         sections,
         overall,
@@ -160,18 +185,32 @@ impl AccuracyReport {
             .iter()
             .map(|(n, s)| (s.section.unwrap_or("(other)"), n, s))
             .collect();
-        let order = |sec: &str| REWARDBENCH_SECTIONS.iter().position(|(n, _)| *n == sec).unwrap_or(4);
+        let order = |sec: &str| {
+            REWARDBENCH_SECTIONS
+                .iter()
+                .position(|(n, _)| *n == sec)
+                .unwrap_or(4)
+        };
         rows.sort_by_key(|(sec, name, _)| (order(sec), name.as_str()));
         for (sec, name, s) in rows {
             out += &format!("| {sec} | {name} | {} | {} |\n", s.pairs, pct(s.accuracy));
         }
         for s in &self.sections {
-            out += &format!("| **{}** | | {} | **{}** |\n", s.section, s.pairs, pct(s.accuracy));
+            out += &format!(
+                "| **{}** | | {} | **{}** |\n",
+                s.section,
+                s.pairs,
+                pct(s.accuracy)
+            );
         }
         if let Some(o) = self.overall {
             out += &format!("| **Overall** (mean of sections) | | | **{}** |\n", pct(o));
         }
-        out += &format!("| all pairs | | {} | {} |\n", self.pairs, pct(self.accuracy));
+        out += &format!(
+            "| all pairs | | {} | {} |\n",
+            self.pairs,
+            pct(self.accuracy)
+        );
         out
     }
 }
@@ -203,13 +242,21 @@ mod tests {
         assert_eq!(r.subsets["my-own"].section, None);
         let md = r.to_markdown("t");
         assert!(md.contains("| Chat | mt-bench-med | 4 | 75.0 |"), "{md}");
-        assert!(md.contains("| **Overall** (mean of sections) | | | **33.3** |"), "{md}");
+        assert!(
+            md.contains("| **Overall** (mean of sections) | | | **33.3** |"),
+            "{md}"
+        );
     }
 
     #[test]
     fn leaderboard_weighting_counts_math_like_all_code() {
         // math-prm 1/1, hep-go 0/2, hep-rust 0/1: counts -> 1/4; leaderboard -> (3*1 + 0)/6.
-        let outcomes = [("math-prm", true), ("hep-go", false), ("hep-go", false), ("hep-rust", false)];
+        let outcomes = [
+            ("math-prm", true),
+            ("hep-go", false),
+            ("hep-go", false),
+            ("hep-rust", false),
+        ];
         let counts = report(outcomes, Weighting::Counts);
         assert!((counts.sections[0].accuracy - 0.25).abs() < 1e-12);
         let board = report(outcomes, Weighting::Leaderboard);

@@ -86,6 +86,9 @@ mod tests {
             shift: zeros(),
         };
         let err = bad.validate().unwrap_err().to_string();
-        assert!(err.contains("calibration.scale") && err.contains("got 8"), "{err}");
+        assert!(
+            err.contains("calibration.scale") && err.contains("got 8"),
+            "{err}"
+        );
     }
 }

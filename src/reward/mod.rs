@@ -14,6 +14,7 @@
 //! writes). [`steerlm`] renders the rounded labels of SteerLM annotation.
 
 pub mod calibration;
+pub mod clip;
 pub mod error;
 pub mod normalize;
 pub mod pipeline;
@@ -22,10 +23,11 @@ pub mod steerlm;
 pub mod weights;
 
 pub use calibration::Calibration;
+pub use clip::Clip;
 pub use error::RewardError;
 pub use normalize::{Moments, Normalize, RunningStats};
 pub use pipeline::{
-    Clip, RewardBatch, RewardConfig, RewardInput, RewardOutput, RewardOverride, RewardPipeline,
+    RewardBatch, RewardConfig, RewardInput, RewardOutput, RewardOverride, RewardPipeline,
 };
 pub use presets::{Preset, PresetBook};
 pub use weights::{AttributeWeights, DEFAULT_WEIGHTS};

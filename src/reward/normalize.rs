@@ -77,7 +77,9 @@ impl Normalize {
             Normalize::Batch { eps, .. } | Normalize::Group { eps, .. } => (eps, None),
         };
         if !(eps.is_finite() && eps >= 0.0) {
-            return bad(format!("normalize.eps ({eps}) must be a finite number >= 0"));
+            return bad(format!(
+                "normalize.eps ({eps}) must be a finite number >= 0"
+            ));
         }
         if matches!(window, Some(w) if w < 2) {
             return bad("normalize.window must be at least 2".into());
@@ -104,7 +106,11 @@ impl Moments {
     pub fn of(values: &[f64]) -> Moments {
         let n = values.len();
         if n == 0 {
-            return Moments { n, mean: 0.0, std: 0.0 };
+            return Moments {
+                n,
+                mean: 0.0,
+                std: 0.0,
+            };
         }
         let mean = values.iter().sum::<f64>() / n as f64;
         let std = if n < 2 {
@@ -188,7 +194,10 @@ impl RunningStats {
                 m.n,
                 self.steps
             ),
-            None => format!("running(identity until 2 rewards are committed, n={})", self.count),
+            None => format!(
+                "running(identity until 2 rewards are committed, n={})",
+                self.count
+            ),
         }
     }
 }
@@ -225,11 +234,32 @@ mod tests {
     #[test]
     fn config_is_checked_and_parsed_from_json() {
         let n: Normalize = serde_json::from_str(r#"{"mode": "group"}"#).unwrap();
-        assert_eq!(n, Normalize::Group { eps: 1e-6, scale: true });
+        assert_eq!(
+            n,
+            Normalize::Group {
+                eps: 1e-6,
+                scale: true
+            }
+        );
         assert!(serde_json::from_str::<Normalize>(r#"{"mode": "fixed", "mean": 1}"#).is_err());
         assert!(serde_json::from_str::<Normalize>(r#"{"mode": "batch", "typo": 1}"#).is_err());
-        assert!(Normalize::Fixed { mean: 0.0, std: 0.0 }.validate().is_err());
-        assert!(Normalize::Running { window: Some(1), eps: 0.0 }.validate().is_err());
-        assert!(Normalize::Batch { eps: -1.0, scale: true }.validate().is_err());
+        assert!(Normalize::Fixed {
+            mean: 0.0,
+            std: 0.0
+        }
+        .validate()
+        .is_err());
+        assert!(Normalize::Running {
+            window: Some(1),
+            eps: 0.0
+        }
+        .validate()
+        .is_err());
+        assert!(Normalize::Batch {
+            eps: -1.0,
+            scale: true
+        }
+        .validate()
+        .is_err());
     }
 }

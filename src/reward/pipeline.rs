@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::{
-    short_num, AttributeWeights, Calibration, Moments, Normalize, PresetBook, RewardError,
+    short_num, AttributeWeights, Calibration, Clip, Moments, Normalize, PresetBook, RewardError,
     RunningStats, ATTRIBUTES,
 };
 
@@ -34,66 +34,6 @@ pub struct RewardConfig {
     pub normalize: Normalize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip: Option<Clip>,
-}
-
-/// Bounds applied last; either side may be open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Clip {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
-}
-
-impl Clip {
-    /// `LO,HI`; either may be empty for an open side (`-5,` or `,5`).
-    pub fn parse(text: &str) -> Result<Clip, RewardError> {
-        let (lo, hi) = text.split_once(',').ok_or_else(|| {
-            RewardError::BadConfig(format!("clip `{text}`: expected LO,HI (either may be empty)"))
-        })?;
-        let side = |s: &str, name: &str| -> Result<Option<f64>, RewardError> {
-            let s = s.trim();
-            if s.is_empty() {
-                return Ok(None);
-            }
-            s.parse::<f64>().map(Some).map_err(|_| {
-                RewardError::BadConfig(format!("clip {name} `{s}` is not a number"))
-            })
-        };
-        let clip = Clip {
-            min: side(lo, "min")?,
-            max: side(hi, "max")?,
-        };
-        clip.validate()?;
-        Ok(clip)
-    }
-
-    pub fn validate(&self) -> Result<(), RewardError> {
-        for (name, v) in [("min", self.min), ("max", self.max)] {
-            if matches!(v, Some(x) if !x.is_finite()) {
-                return Err(RewardError::BadConfig(format!("clip.{name} is not finite")));
-            }
-        }
-        if let (Some(lo), Some(hi)) = (self.min, self.max) {
-            if lo > hi {
-                return Err(RewardError::BadConfig(format!(
-                    "clip.min ({lo}) is above clip.max ({hi})"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn apply(&self, x: f64) -> f64 {
-        let x = self.min.map_or(x, |lo| x.max(lo));
-        self.max.map_or(x, |hi| x.min(hi))
-    }
-
-    fn describe(&self) -> String {
-        let side = |v: Option<f64>, open: &str| v.map_or(open.to_string(), short_num);
-        format!("clip({}, {})", side(self.min, "-inf"), side(self.max, "inf"))
-    }
 }
 
 /// One reward to make: a raw vector, and for `group` normalisation its group.
@@ -135,6 +75,9 @@ pub struct RewardBatch {
     pub transform: String,
     pub results: Vec<Result<RewardOutput, RewardError>>,
 }
+
+/// A weighted sum and, when calibrated, the calibrated attributes.
+type Weighted = (f64, Option<[f64; 9]>);
 
 #[derive(Debug, Clone)]
 pub struct RewardPipeline {
@@ -206,9 +149,16 @@ impl RewardPipeline {
     }
 
     /// The weights a request resolves to (its override, else the configured ones).
-    pub fn resolve(&self, request: &RewardOverride) -> Result<(AttributeWeights, String), RewardError> {
-        Ok(resolve_weights(&self.presets, request.weights.as_deref(), request.preset.as_deref())?
-            .unwrap_or_else(|| (self.weights, self.weights_name.clone())))
+    pub fn resolve(
+        &self,
+        request: &RewardOverride,
+    ) -> Result<(AttributeWeights, String), RewardError> {
+        Ok(resolve_weights(
+            &self.presets,
+            request.weights.as_deref(),
+            request.preset.as_deref(),
+        )?
+        .unwrap_or_else(|| (self.weights, self.weights_name.clone())))
     }
 
     /// Map a batch of raw vectors to rewards. A bad request (unknown preset,
@@ -221,7 +171,7 @@ impl RewardPipeline {
     ) -> Result<RewardBatch, RewardError> {
         let (weights, weights_name) = self.resolve(request)?;
         let calibration = self.config.calibration.clone().filter(|c| !c.is_identity());
-        let weighted: Vec<Result<(f64, Option<[f64; 9]>), RewardError>> = items
+        let weighted: Vec<Result<Weighted, RewardError>> = items
             .iter()
             .map(|item| {
                 if let Some(i) = item.raw.iter().position(|v| !v.is_finite()) {
@@ -280,12 +230,22 @@ impl RewardPipeline {
         values: Vec<Result<f64, RewardError>>,
         record: bool,
     ) -> (Vec<Result<f64, RewardError>>, Option<String>) {
-        let ok: Vec<f64> = values.iter().filter_map(|v| v.as_ref().ok().copied()).collect();
+        let ok: Vec<f64> = values
+            .iter()
+            .filter_map(|v| v.as_ref().ok().copied())
+            .collect();
         match self.config.normalize {
             Normalize::None => (values, None),
             Normalize::Fixed { mean, std } => (
-                values.into_iter().map(|v| v.map(|x| (x - mean) / std)).collect(),
-                Some(format!("fixed(mean={}, std={})", short_num(mean), short_num(std))),
+                values
+                    .into_iter()
+                    .map(|v| v.map(|x| (x - mean) / std))
+                    .collect(),
+                Some(format!(
+                    "fixed(mean={}, std={})",
+                    short_num(mean),
+                    short_num(std)
+                )),
             ),
             Normalize::Running { eps, .. } => {
                 let frozen = self.running.moments();
@@ -308,7 +268,12 @@ impl RewardPipeline {
                     .map(|v| v.map(|x| m.standardize(x, eps, scale)))
                     .collect();
                 let what = if scale { "batch" } else { "batch-centre" };
-                let text = format!("{what}(mean={}, std={}, n={})", short_num(m.mean), short_num(m.std), m.n);
+                let text = format!(
+                    "{what}(mean={}, std={}, n={})",
+                    short_num(m.mean),
+                    short_num(m.std),
+                    m.n
+                );
                 (out, Some(text))
             }
             Normalize::Group { eps, scale } => {
@@ -333,7 +298,11 @@ impl RewardPipeline {
                     })
                     .collect();
                 let what = if scale { "group" } else { "group-centre" };
-                let text = format!("{what}(groups={}, sample std, eps={})", moments.len(), short_num(eps));
+                let text = format!(
+                    "{what}(groups={}, sample std, eps={})",
+                    moments.len(),
+                    short_num(eps)
+                );
                 (out, Some(text))
             }
         }

@@ -156,20 +156,32 @@ mod tests {
     #[test]
     fn a_file_adds_presets_and_errors_name_the_preset() {
         let mut book = PresetBook::builtin();
-        book.add_json(r#"{"presets": {"mine": {"weights": [1,2,3,4,5,6,7,8,9]}}}"#, "f.json")
-            .unwrap();
+        book.add_json(
+            r#"{"presets": {"mine": {"weights": [1,2,3,4,5,6,7,8,9]}}}"#,
+            "f.json",
+        )
+        .unwrap();
         assert_eq!(book.get("mine").unwrap().0[8], 9.0);
         let err = book
             .add_json(r#"{"presets": {"short": {"weights": [1,2]}}}"#, "f.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("f.json") && err.contains("preset `short`") && err.contains("got 2"), "{err}");
+        assert!(
+            err.contains("f.json") && err.contains("preset `short`") && err.contains("got 2"),
+            "{err}"
+        );
         let err = book
-            .add_json(r#"{"presets": {"default": {"weights": [0,0,0,0,0,0,0,0,1]}}}"#, "f.json")
+            .add_json(
+                r#"{"presets": {"default": {"weights": [0,0,0,0,0,0,0,0,1]}}}"#,
+                "f.json",
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot be redefined"), "{err}");
         let err = book.get("nope").unwrap_err().to_string();
-        assert!(err.contains("unknown preset `nope`") && err.contains("mine"), "{err}");
+        assert!(
+            err.contains("unknown preset `nope`") && err.contains("mine"),
+            "{err}"
+        );
     }
 }

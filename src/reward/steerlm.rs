@@ -75,14 +75,39 @@ mod tests {
     fn formats_five_or_nine_names() {
         let raw = [9.0, -1.0, 0.4, 1.6, 2.5, 3.49, 4.2, 1.5, -0.2];
         let five = label(&raw, LabelOptions::default()).unwrap();
-        assert_eq!(five, "helpfulness:2,correctness:3,coherence:4,complexity:2,verbosity:0");
-        let nine = label(&raw, LabelOptions { all_attributes: true, round: true }).unwrap();
-        assert!(nine.starts_with("quality:4,toxicity:0,humor:0,creativity:2,helpfulness:2"), "{nine}");
-        let floats = label(&raw, LabelOptions { all_attributes: false, round: false }).unwrap();
-        assert_eq!(floats, "helpfulness:2.5,correctness:3.49,coherence:4,complexity:1.5,verbosity:0");
+        assert_eq!(
+            five,
+            "helpfulness:2,correctness:3,coherence:4,complexity:2,verbosity:0"
+        );
+        let nine = label(
+            &raw,
+            LabelOptions {
+                all_attributes: true,
+                round: true,
+            },
+        )
+        .unwrap();
+        assert!(
+            nine.starts_with("quality:4,toxicity:0,humor:0,creativity:2,helpfulness:2"),
+            "{nine}"
+        );
+        let floats = label(
+            &raw,
+            LabelOptions {
+                all_attributes: false,
+                round: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            floats,
+            "helpfulness:2.5,correctness:3.49,coherence:4,complexity:1.5,verbosity:0"
+        );
         let mut bad = raw;
         bad[6] = f32::NAN;
-        let err = label(&bad, LabelOptions::default()).unwrap_err().to_string();
+        let err = label(&bad, LabelOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("coherence"), "{err}");
     }
 }
