@@ -12,18 +12,21 @@ use crate::reward::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NormalizeMode {
+    /// The weighted sum as is.
     None,
+    /// (x - mean) / std with --norm-mean and --norm-std.
     Fixed,
+    /// Welford statistics of earlier runs (--running-state), frozen during this one.
     Running,
+    /// Whitening over all rewards of the input.
     Batch,
+    /// Whitening within each record `group` (and turn index), as GRPO does.
     Group,
 }
 
+/// Which weights: a presets file, and an explicit vector or a preset name.
 #[derive(Args, Debug, Clone)]
-pub struct RewardArgs {
-    /// JSON reward config: {"preset"|"weights", "calibration", "normalize", "clip"}; the flags below override its fields.
-    #[arg(long)]
-    pub reward_config: Option<PathBuf>,
+pub struct WeightArgs {
     /// JSON presets file adding named weight vectors (e.g. written by tune-weights).
     #[arg(long)]
     pub presets: Option<PathBuf>,
@@ -33,6 +36,35 @@ pub struct RewardArgs {
     /// A named weight preset (default: `default`, the model card's mixing).
     #[arg(long)]
     pub preset: Option<String>,
+}
+
+impl WeightArgs {
+    pub fn presets(&self) -> Result<PresetBook, String> {
+        PresetBook::load(self.presets.as_deref()).map_err(|e| e.to_string())
+    }
+
+    /// The weights asked for (default: the `default` preset) and their name.
+    pub fn resolve(&self) -> Result<(AttributeWeights, String), String> {
+        match (&self.weights, &self.preset) {
+            (Some(csv), _) => AttributeWeights::parse(csv)
+                .map(|w| (w, "custom".to_string()))
+                .map_err(|e| format!("--weights: {e}")),
+            (None, name) => {
+                let name = name.as_deref().unwrap_or("default");
+                let w = self.presets()?.get(name).map_err(|e| e.to_string())?;
+                Ok((w, name.to_string()))
+            }
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RewardArgs {
+    /// JSON reward config: {"preset"|"weights", "calibration", "normalize", "clip"}; the flags below override its fields.
+    #[arg(long)]
+    pub reward_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub weights: WeightArgs,
     /// JSON {"scale": [9 floats], "shift": [9 floats]}: affine calibration of each raw attribute before weighting.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
@@ -70,12 +102,12 @@ impl RewardArgs {
             Some(path) => read_json(path, "reward config")?,
             None => RewardConfig::default(),
         };
-        if let Some(csv) = &self.weights {
+        if let Some(csv) = &self.weights.weights {
             let w = AttributeWeights::parse(csv).map_err(|e| format!("--weights: {e}"))?;
             config.weights = Some(w.0.to_vec());
             config.preset = None;
         }
-        if let Some(name) = &self.preset {
+        if let Some(name) = &self.weights.preset {
             config.preset = Some(name.clone());
             config.weights = None;
         }
@@ -112,7 +144,10 @@ impl RewardArgs {
         only(fixed || self.norm_mean.is_none(), "--norm-mean")?;
         only(fixed || self.norm_std.is_none(), "--norm-std")?;
         only(!fixed || self.norm_eps.is_none(), "--norm-eps")?;
-        only(mode == NormalizeMode::Running || self.norm_window.is_none(), "--norm-window")?;
+        only(
+            mode == NormalizeMode::Running || self.norm_window.is_none(),
+            "--norm-window",
+        )?;
         only(
             matches!(mode, NormalizeMode::Batch | NormalizeMode::Group) || scale,
             "--norm-centre-only",
@@ -142,7 +177,7 @@ impl RewardArgs {
         if self.running_state.is_some() && !matches!(config.normalize, Normalize::Running { .. }) {
             return Err("--running-state needs running normalisation".into());
         }
-        let presets = PresetBook::load(self.presets.as_deref()).map_err(|e| e.to_string())?;
+        let presets = self.weights.presets()?;
         let mut pipeline = RewardPipeline::new(config, presets).map_err(|e| e.to_string())?;
         if let Some(path) = self.running_state.as_deref().filter(|p| p.exists()) {
             let stats: RunningStats = read_json(path, "running state")?;

@@ -43,6 +43,9 @@ struct Scored {
 }
 
 type Row = (usize, Result<Scored, RecordError>);
+/// An output line (with its token count) or the record's error.
+type OutLine = (usize, Result<(Value, usize), RecordError>);
+type Prepared = (usize, Result<(PreparedRecord, Option<String>), RecordError>);
 
 pub fn run(args: ScoreArgs) -> Result<i32, String> {
     let mut pipeline = args.reward.build()?;
@@ -153,7 +156,7 @@ fn score_chunk(
     pipeline: &RewardPipeline,
 ) -> Vec<Row> {
     let opts = args.model.options();
-    let prepared: Vec<(usize, Result<(PreparedRecord, Option<String>), RecordError>)> = chunk
+    let prepared: Vec<Prepared> = chunk
         .iter()
         .map(|(i, v)| {
             let prepared = v.as_ref().map_err(Clone::clone).and_then(|v| {
@@ -184,10 +187,7 @@ fn score_chunk(
 
 /// Rewards for scored rows in one pipeline call; each row becomes its output
 /// line (with its token count) or its error.
-fn reward_lines(
-    rows: Vec<Row>,
-    pipeline: &mut RewardPipeline,
-) -> Result<Vec<(usize, Result<(Value, usize), RecordError>)>, String> {
+fn reward_lines(rows: Vec<Row>, pipeline: &mut RewardPipeline) -> Result<Vec<OutLine>, String> {
     let inputs: Vec<RewardInput> = rows
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok())
@@ -219,7 +219,10 @@ fn reward_lines(
                     .map(Result::as_ref)
                     .collect::<Result<_, _>>()
                     .map_err(|e| RecordError::new(e.code(), e.to_string()))?;
-                Ok((record_json(index, &s.scores, &outputs, &batch), s.scores.tokens))
+                Ok((
+                    record_json(index, &s.scores, &outputs, &batch),
+                    s.scores.tokens,
+                ))
             });
             (index, line)
         })

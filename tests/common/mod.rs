@@ -1,10 +1,15 @@
 //! Helpers for the CLI tests: the real binary, scratch directories, fixtures.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-nemotron-rm");
+pub const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tiny-nemotron-rm"
+);
 
 /// Run `reward-worker` with `args`; logs off so stderr holds only errors.
 pub fn run(args: &[&str]) -> Output {
