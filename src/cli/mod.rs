@@ -3,6 +3,7 @@
 mod annotate;
 mod bench;
 mod common;
+mod eval;
 mod progress;
 mod reward_args;
 mod score;
@@ -26,6 +27,8 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// SteerLM labelling of a seed-format JSONL file (resumable; progress bar).
     Annotate(annotate::AnnotateArgs),
+    /// Preference pairs -> accuracy per subset and RewardBench section (raw attributes cached).
+    Eval(eval::EvalArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
 }
@@ -36,6 +39,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Score(args) => score::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Annotate(args) => annotate::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,
