@@ -7,6 +7,7 @@ mod eval;
 mod progress;
 mod reward_args;
 mod score;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ pub enum Command {
     Annotate(annotate::AnnotateArgs),
     /// Preference pairs -> accuracy per subset and RewardBench section (raw attributes cached).
     Eval(eval::EvalArgs),
+    /// Fit attribute weights on cached preference pairs (Bradley-Terry, cross-validated L2).
+    TuneWeights(tune::TuneArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
 }
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Bench(args) => bench::run(args),
         Command::Annotate(args) => annotate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::TuneWeights(args) => tune::run(args),
     };
     match result {
         Ok(code) => code,
