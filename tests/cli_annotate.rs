@@ -183,12 +183,18 @@ fn annotate_resumes_after_a_kill_to_the_same_file() {
     assert_eq!(std::fs::read(&resumed).unwrap(), whole);
     // An output longer than the input is refused, not appended to.
     let long = dir.join("long.jsonl");
-    std::fs::write(&long, "x\n".repeat(8)).unwrap();
+    let text = "x\n".repeat(8) + "partial";
+    std::fs::write(&long, &text).unwrap();
     let out = annotate(&input, &long, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("has 8 lines but input"),
         "{}",
         stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&long).unwrap(),
+        text,
+        "left untouched"
     );
 }

@@ -82,15 +82,8 @@ pub fn run(args: AnnotateArgs) -> Result<i32, String> {
     let done = if args.overwrite {
         0
     } else {
-        keep_complete_lines(&args.output)?
+        keep_complete_lines(&args.output, total, &args.input)?
     };
-    if done > total {
-        return Err(format!(
-            "output {} has {done} lines but input {} has only {total}: not an output of this input?",
-            args.output.display(),
-            args.input.display()
-        ));
-    }
     if done > 0 {
         tracing::info!(
             done,
@@ -288,13 +281,21 @@ fn count_lines(path: &Path) -> Result<u64, String> {
 }
 
 /// Count the complete lines of an existing output and cut off a partial last
-/// line (what a killed run leaves). A missing output counts as empty.
-fn keep_complete_lines(path: &Path) -> Result<u64, String> {
+/// line (what a killed run leaves). A missing output counts as empty; one with
+/// more lines than the input is refused before anything is cut.
+fn keep_complete_lines(path: &Path, total: u64, input: &Path) -> Result<u64, String> {
     if !path.exists() {
         return Ok(0);
     }
     let err = |e: std::io::Error| format!("cannot resume from output {}: {e}", path.display());
     let (lines, end, tail) = scan(path).map_err(err)?;
+    if lines > total {
+        return Err(format!(
+            "output {} has {lines} lines but input {} has only {total}: not an output of this input?",
+            path.display(),
+            input.display()
+        ));
+    }
     if tail {
         tracing::warn!(
             line = lines + 1,
