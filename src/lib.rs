@@ -18,7 +18,10 @@
 //! - [`engine`]: [`engine::Scorer`] = model + tokenizer; prepares records and
 //!   scores them in token-budget batches.
 //! - [`batching`]: grouping by token budget.
-//! - [`reward`]: attribute names, weights and presets: raw scores -> scalar.
+//! - [`reward`]: raw scores -> scalar: calibration, weights and presets,
+//!   normalisation (none, fixed, running, batch, group), clip; SteerLM labels.
+//! - [`preference`]: preference pairs, the attribute cache, RewardBench
+//!   section accuracy and the Bradley-Terry fit of attribute weights.
 //! - [`cli`]: the `reward-worker` command line (`main.rs` only calls it).
 
 pub mod batching;
@@ -27,4 +30,5 @@ pub mod cli;
 pub mod engine;
 pub mod model;
 pub mod parallel;
+pub mod preference;
 pub mod reward;

@@ -1,8 +1,13 @@
 //! The `reward-worker` command line.
 
+mod annotate;
 mod bench;
 mod common;
+mod eval;
+mod progress;
+mod reward_args;
 mod score;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +22,12 @@ pub struct Cli {
 pub enum Command {
     /// Score every assistant turn of JSONL conversations (one JSON line out per line in).
     Score(score::ScoreArgs),
+    /// SteerLM labelling of a seed-format JSONL file (resumable; progress bar).
+    Annotate(annotate::AnnotateArgs),
+    /// Preference pairs -> accuracy per subset and RewardBench section (raw attributes cached).
+    Eval(eval::EvalArgs),
+    /// Fit attribute weights on cached preference pairs (Bradley-Terry, cross-validated L2).
+    TuneWeights(tune::TuneArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
 }
@@ -26,6 +37,9 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Annotate(args) => annotate::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::TuneWeights(args) => tune::run(args),
     };
     match result {
         Ok(code) => code,

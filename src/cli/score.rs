@@ -1,4 +1,9 @@
 //! `reward-worker score`: JSONL in, one JSON line out per input line, same order.
+//!
+//! Rewards go through the shared [`RewardPipeline`]. Output is streamed chunk by
+//! chunk, except with `batch` or `group` normalisation, whose transform depends
+//! on the other records: then the whole input is one batch (only the nine raw
+//! scores per turn are held until the end).
 
 use clap::Args;
 use serde_json::{json, Value};
@@ -6,60 +11,67 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
 use super::common::ModelArgs;
+use super::reward_args::RewardArgs;
 use crate::chat::RecordError;
 use crate::engine::{PreparedRecord, RecordScores, Scorer};
-use crate::reward::{AttributeWeights, ATTRIBUTES, HELPSTEER_ATTRIBUTES};
+use crate::reward::{
+    Normalize, RewardBatch, RewardInput, RewardOutput, RewardOverride, RewardPipeline, ATTRIBUTES, HELPSTEER_ATTRIBUTES,
+};
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub reward: RewardArgs,
     /// JSONL input, `-` for stdin.
     #[arg(long, default_value = "-")]
     pub input: PathBuf,
     /// JSONL output, `-` for stdout.
     #[arg(long, default_value = "-")]
     pub output: PathBuf,
-    /// Attribute weights w1,..,w9 for the scalar reward.
-    #[arg(long, conflicts_with = "preset")]
-    pub weights: Option<String>,
-    /// A named weight preset.
-    #[arg(long, default_value = "default")]
-    pub preset: String,
     /// Records read and scored together (their sequences are then batched by --batch-tokens).
     #[arg(long, default_value_t = 256)]
     pub chunk: usize,
 }
 
+/// A scored record and the group its rewards are normalised in.
+struct Scored {
+    scores: RecordScores,
+    group: Option<String>,
+}
+
+type Row = (usize, Result<Scored, RecordError>);
+/// An output line (with its token count) or the record's error.
+type OutLine = (usize, Result<(Value, usize), RecordError>);
+type Prepared = (usize, Result<(PreparedRecord, Option<String>), RecordError>);
+
 pub fn run(args: ScoreArgs) -> Result<i32, String> {
-    let weights = match &args.weights {
-        Some(csv) => AttributeWeights::parse(csv),
-        None => AttributeWeights::preset(&args.preset),
-    }
-    .map_err(|e| e.to_string())?;
+    let mut pipeline = args.reward.build()?;
+    let whole_input = pipeline.needs_whole_batch();
     let input = open_input(&args.input)?;
     let mut output = open_output(&args.output)?;
     let scorer = args.model.load()?;
 
     let started = std::time::Instant::now();
     let (mut lines, mut failed, mut tokens) = (0usize, 0usize, 0usize);
+    let mut held: Vec<Row> = Vec::new();
     let mut chunk: Vec<(usize, Result<Value, RecordError>)> = Vec::with_capacity(args.chunk.max(1));
-    let mut flush = |chunk: &mut Vec<(usize, Result<Value, RecordError>)>| -> Result<(), String> {
-        for (index, result) in score_chunk(&scorer, chunk, &args) {
-            let line = match result {
-                Ok(scores) => {
-                    tokens += scores.tokens;
-                    record_json(index, &scores, &weights)
+    let mut write = |rows: Vec<Row>, pipeline: &mut RewardPipeline| -> Result<(), String> {
+        for (index, line) in reward_lines(rows, pipeline)? {
+            match line {
+                Ok((value, n)) => {
+                    tokens += n;
+                    writeln!(output, "{value}")
                 }
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(index, code = e.code, "{}", e.message);
-                    json!({"index": index, "error": e})
+                    writeln!(output, "{}", json!({"index": index, "error": e}))
                 }
-            };
-            writeln!(output, "{line}").map_err(|e| format!("cannot write output: {e}"))?;
+            }
+            .map_err(|e| format!("cannot write output: {e}"))?;
         }
-        chunk.clear();
         Ok(())
     };
     for (index, line) in input.lines().enumerate() {
@@ -67,14 +79,22 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
         lines += 1;
         chunk.push((index, parse_line(index, &line)));
         if chunk.len() >= args.chunk.max(1) {
-            flush(&mut chunk)?;
+            let rows = score_chunk(&scorer, &chunk, &args, &pipeline);
+            chunk.clear();
+            if whole_input {
+                held.extend(rows);
+            } else {
+                write(rows, &mut pipeline)?;
+            }
         }
     }
-    flush(&mut chunk)?;
+    held.extend(score_chunk(&scorer, &chunk, &args, &pipeline));
+    write(held, &mut pipeline)?;
     output.flush().map_err(|e| format!("cannot write output: {e}"))?;
     if lines == 0 {
         return Err(format!("input {} is empty: no records to score", args.input.display()));
     }
+    args.reward.save_running_state(&mut pipeline)?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(records = lines, failed, tokens, seconds, tokens_per_s = tokens as f64 / seconds, "scored");
     Ok(if failed > 0 { 1 } else { 0 })
@@ -87,36 +107,105 @@ fn parse_line(index: usize, line: &str) -> Result<Value, RecordError> {
     serde_json::from_str(line).map_err(|e| RecordError::new("invalid_json", format!("line {}: {e}", index + 1)))
 }
 
+/// A record's `group` (string or number), read only when group normalisation needs it.
+fn record_group(record: &Value, pipeline: &RewardPipeline) -> Result<Option<String>, RecordError> {
+    if !matches!(pipeline.config().normalize, Normalize::Group { .. }) {
+        return Ok(None);
+    }
+    match record.get("group") {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        None | Some(Value::Null) => Err(RecordError::new(
+            "missing_group",
+            "group normalisation needs a `group` (string or number) on every record",
+        )),
+        Some(_) => Err(RecordError::new("invalid_record", "`group` must be a string or a number")),
+    }
+}
+
 fn score_chunk(
     scorer: &Scorer,
     chunk: &[(usize, Result<Value, RecordError>)],
     args: &ScoreArgs,
-) -> Vec<(usize, Result<RecordScores, RecordError>)> {
+    pipeline: &RewardPipeline,
+) -> Vec<Row> {
     let opts = args.model.options();
-    let prepared: Vec<(usize, Result<PreparedRecord, RecordError>)> = chunk
+    let prepared: Vec<Prepared> = chunk
         .iter()
-        .map(|(i, v)| (*i, v.as_ref().map_err(Clone::clone).and_then(|v| scorer.prepare(v, opts))))
+        .map(|(i, v)| {
+            let prepared = v.as_ref().map_err(Clone::clone).and_then(|v| {
+                let group = record_group(v, pipeline)?;
+                Ok((scorer.prepare(v, opts)?, group))
+            });
+            (*i, prepared)
+        })
         .collect();
-    let ready: Vec<&PreparedRecord> = prepared.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
+    let ready: Vec<&PreparedRecord> = prepared.iter().filter_map(|(_, p)| p.as_ref().ok().map(|(r, _)| r)).collect();
     let mut scored = scorer.score(&ready, args.model.batch_tokens).into_iter();
     prepared
         .into_iter()
-        .map(|(i, p)| (i, p.and_then(|_| scored.next().expect("one result per prepared record: this is a bug"))))
+        .map(|(i, p)| {
+            let row = p.and_then(|(_, group)| {
+                let scores = scored.next().expect("one result per prepared record: this is a bug")?;
+                Ok(Scored { scores, group })
+            });
+            (i, row)
+        })
         .collect()
 }
 
-/// `{"index", "turns": [{"turn", "raw", "attributes", "reward"}], "tokens"}`
-pub fn record_json(index: usize, scores: &RecordScores, weights: &AttributeWeights) -> Value {
+/// Rewards for scored rows in one pipeline call; each row becomes its output
+/// line (with its token count) or its error.
+fn reward_lines(rows: Vec<Row>, pipeline: &mut RewardPipeline) -> Result<Vec<OutLine>, String> {
+    let inputs: Vec<RewardInput> = rows
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flat_map(|s| s.scores.turns.iter().map(|t| RewardInput { raw: t.raw, group: s.group.clone(), turn: t.turn }))
+        .collect();
+    let batch = pipeline.rewards(&inputs, &RewardOverride::default()).map_err(|e| e.to_string())?;
+    let mut results = batch.results.iter();
+    Ok(rows
+        .into_iter()
+        .map(|(index, row)| {
+            let line = row.and_then(|s| {
+                // Take this record's results first, so a failed turn keeps the rest aligned.
+                let mine: Vec<_> = s
+                    .scores
+                    .turns
+                    .iter()
+                    .map(|_| results.next().expect("one reward per turn: this is a bug"))
+                    .collect();
+                let outputs: Vec<&RewardOutput> = mine
+                    .into_iter()
+                    .map(Result::as_ref)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| RecordError::new(e.code(), e.to_string()))?;
+                Ok((record_json(index, &s.scores, &outputs, &batch), s.scores.tokens))
+            });
+            (index, line)
+        })
+        .collect())
+}
+
+/// `{"index", "turns": [{"turn", "raw", "attributes", "reward"[, "calibrated"]}],
+///   "tokens", "weights", "transform"[, "truncated"]}`
+pub fn record_json(index: usize, scores: &RecordScores, outputs: &[&RewardOutput], batch: &RewardBatch) -> Value {
     let turns: Vec<Value> = scores
         .turns
         .iter()
-        .map(|t| {
+        .zip(outputs)
+        .map(|(t, out)| {
             let attributes: serde_json::Map<String, Value> =
                 HELPSTEER_ATTRIBUTES.map(|i| (ATTRIBUTES[i].to_string(), json!(t.raw[i]))).collect();
-            json!({"turn": t.turn, "raw": t.raw, "attributes": attributes, "reward": weights.reward(&t.raw)})
+            let mut turn = json!({"turn": t.turn, "raw": t.raw, "attributes": attributes, "reward": out.reward});
+            if let Some(c) = out.calibrated {
+                turn["calibrated"] = json!(c);
+            }
+            turn
         })
         .collect();
-    let mut out = json!({"index": index, "turns": turns, "tokens": scores.tokens});
+    let mut out = json!({"index": index, "turns": turns, "tokens": scores.tokens,
+                         "weights": batch.weights.0, "transform": batch.transform});
     if scores.truncated() {
         out["truncated"] = json!(true);
     }

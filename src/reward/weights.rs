@@ -1,14 +1,6 @@
-//! Attribute weights: named presets and explicit vectors.
+//! Attribute weights: the vector a reward is the dot product with.
 
-use super::ATTRIBUTES;
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RewardError {
-    #[error("unknown preset `{0}` (known: {1})")]
-    UnknownPreset(String, String),
-    #[error("weights: {0}")]
-    BadWeights(String),
-}
+use super::{PresetBook, RewardError, ATTRIBUTES};
 
 /// One weight per attribute; the reward is their dot product with the raw scores.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -17,15 +9,10 @@ pub struct AttributeWeights(pub [f64; 9]);
 /// The model card's mixing: `0.3*helpfulness + 0.74*correctness + 0.46*coherence + 0.47*complexity - 0.33*verbosity`.
 pub const DEFAULT_WEIGHTS: AttributeWeights = AttributeWeights([0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33]);
 
-const PRESETS: [(&str, AttributeWeights); 2] =
-    [("default", DEFAULT_WEIGHTS), ("helpfulness", AttributeWeights([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]))];
-
 impl AttributeWeights {
-    /// A built-in preset by name.
+    /// A built-in preset by name (`default` or one of `configs/presets.json`).
     pub fn preset(name: &str) -> Result<AttributeWeights, RewardError> {
-        PRESETS.iter().find(|(n, _)| *n == name).map(|(_, w)| *w).ok_or_else(|| {
-            RewardError::UnknownPreset(name.into(), PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))
-        })
+        PresetBook::builtin().get(name)
     }
 
     /// `w1,..,w9` in attribute order.
@@ -55,6 +42,11 @@ impl AttributeWeights {
     /// The weighted sum of raw attribute scores.
     pub fn reward(&self, raw: &[f32; 9]) -> f64 {
         self.0.iter().zip(raw).map(|(w, &x)| w * x as f64).sum()
+    }
+
+    /// The weighted sum of already calibrated (f64) attribute scores.
+    pub fn dot(&self, values: &[f64; 9]) -> f64 {
+        self.0.iter().zip(values).map(|(w, x)| w * x).sum()
     }
 }
 
