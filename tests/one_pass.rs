@@ -88,3 +88,18 @@ fn sharded_checkpoint_loads_the_same_model() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn sequences_of_one_shape_attend_as_a_group_and_score_as_alone() {
+    // Same-shape sequences share one batched attention call; scores must not change.
+    let scorer = Scorer::load(&ModelSource::Dir(fixture("tiny-mha-rot025")), DType::F32, Device::Cpu).unwrap();
+    let records: Vec<Value> = expected("tiny-mha-rot025").iter().map(|c| c["record"].clone()).collect();
+    let (a, b) = (&records[2], &records[3]);
+    let grouped = score(&scorer, &[a.clone(), a.clone(), b.clone(), b.clone(), a.clone()], 1 << 20);
+    for (got, want) in grouped.iter().zip([a, a, b, b, a]) {
+        let alone = &score(&scorer, std::slice::from_ref(want), 1 << 20)[0];
+        for i in 0..alone.turns.len() {
+            assert!(max_abs_diff(&raw(got, i), &raw(alone, i)) < 5e-5);
+        }
+    }
+}

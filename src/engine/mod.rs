@@ -14,8 +14,7 @@ use tch::Device;
 
 use crate::batching::plan_batches;
 use crate::chat::{self, layout_conversation, template, ChatTokenizer, RecordError, Sequence, Truncate};
-use crate::model::nemotron::SeqInput;
-use crate::model::{DType, ModelError, NemotronRewardModel, PackedBatch};
+use crate::model::{DType, ModelError, NemotronRewardModel, PackedBatch, SeqInput};
 use crate::parallel::SingleRank;
 
 /// How records are turned into token sequences.

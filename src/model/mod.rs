@@ -2,11 +2,13 @@
 
 pub mod config;
 pub mod nemotron;
+pub mod packed;
 pub mod rope;
 pub mod weights;
 
 pub use config::Config;
-pub use nemotron::{NemotronRewardModel, PackedBatch};
+pub use nemotron::NemotronRewardModel;
+pub use packed::{PackedBatch, SeqInput};
 pub use weights::Weights;
 
 use std::path::{Path, PathBuf};

@@ -12,82 +12,10 @@
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
+use super::packed::PackedBatch;
 use super::rope::{Rotary, RotaryTable};
 use super::{Config, ModelError, Weights};
 use crate::parallel::{Comm, ShardPlan};
-
-/// One sequence inside a [`PackedBatch`].
-pub struct SeqSpan {
-    /// First row of the sequence in the batch.
-    pub start: i64,
-    /// Number of real (causal) tokens.
-    pub real_len: i64,
-    /// Number of probe tokens after them.
-    pub probes: i64,
-    /// `[probes, real_len + probes]` boolean: which keys each probe sees.
-    pub probe_mask: Option<Tensor>,
-}
-
-/// Sequences packed into one token dimension, ready for [`NemotronRewardModel::forward`].
-pub struct PackedBatch {
-    pub input_ids: Tensor,
-    pub positions: Tensor,
-    pub spans: Vec<SeqSpan>,
-    /// Rows of all probe tokens, in output order.
-    pub probe_rows: Tensor,
-    pub tokens: i64,
-}
-
-/// One sequence to pack: its real tokens, and per probe `(token id, prefix length)`.
-pub struct SeqInput<'a> {
-    pub tokens: &'a [i64],
-    pub probes: &'a [(i64, i64)],
-}
-
-impl PackedBatch {
-    pub fn pack(seqs: &[SeqInput<'_>], device: Device) -> Result<PackedBatch, ModelError> {
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut probe_rows = Vec::new();
-        let mut spans = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            let start = ids.len() as i64;
-            let real_len = seq.tokens.len() as i64;
-            ids.extend_from_slice(seq.tokens);
-            positions.extend(0..real_len);
-            let probes = seq.probes.len() as i64;
-            let mut mask = vec![false; (probes * (real_len + probes)) as usize];
-            for (i, &(token, prefix)) in seq.probes.iter().enumerate() {
-                if prefix > real_len {
-                    return Err(ModelError::Config(format!(
-                        "probe prefix {prefix} is past the sequence end {real_len}"
-                    )));
-                }
-                probe_rows.push(start + real_len + i as i64);
-                ids.push(token);
-                positions.push(prefix);
-                let row = i * (real_len + probes) as usize;
-                mask[row..row + prefix as usize].fill(true);
-                mask[row + real_len as usize + i] = true;
-            }
-            let probe_mask = if probes == 0 {
-                None
-            } else {
-                let m = Tensor::from_slice(&mask).f_view([probes, real_len + probes])?;
-                Some(m.f_to_device(device)?)
-            };
-            spans.push(SeqSpan { start, real_len, probes, probe_mask });
-        }
-        let tokens = ids.len() as i64;
-        Ok(PackedBatch {
-            input_ids: Tensor::from_slice(&ids).f_to_device(device)?,
-            positions: Tensor::from_slice(&positions).f_to_device(device)?,
-            spans,
-            probe_rows: Tensor::from_slice(&probe_rows).f_to_device(device)?,
-            tokens,
-        })
-    }
-}
 
 /// LayerNorm1P (`weight + 1`), computed in fp32 and returned in the model dtype.
 struct LayerNorm1P {
@@ -106,8 +34,17 @@ impl LayerNorm1P {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let h = self.gamma.size();
-        let y = x.f_to_kind(Kind::Float)?.f_layer_norm(&h, Some(&self.gamma), Some(&self.beta), self.eps, true)?;
-        Ok(y.f_to_kind(x.kind())?)
+        let norm = |x: &Tensor| x.f_layer_norm(&h, Some(&self.gamma), Some(&self.beta), self.eps, true);
+        if x.kind() == Kind::Float {
+            return Ok(norm(x)?);
+        }
+        // libtorch's mixed-dtype kernel takes bf16 activations with fp32 gamma/beta
+        // and computes in fp32, without materialising an fp32 copy of x (3x faster
+        // on CPU). Where a backend lacks it, cast around the fp32 kernel instead.
+        match norm(x) {
+            Ok(y) => Ok(y),
+            Err(_) => Ok(norm(&x.f_to_kind(Kind::Float)?)?.f_to_kind(x.kind())?),
+        }
     }
 }
 
@@ -154,56 +91,50 @@ impl Attention {
         let q = rotary.apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?);
         let k = rotary.apply(&x.f_linear::<&Tensor>(&self.k, None)?.f_view([t, self.kv_heads, d])?);
         let v = x.f_linear::<&Tensor>(&self.v, None)?.f_view([t, self.kv_heads, d])?;
-        let mut outs = Vec::with_capacity(batch.spans.len() * 2);
-        for span in &batch.spans {
-            let heads_first = |x: &Tensor, from, len| -> Result<Tensor, ModelError> {
-                Ok(x.f_narrow(0, from, len)?.f_transpose(0, 1)?.f_unsqueeze(0)?)
+        let (h, kvh) = (self.heads, self.kv_heads);
+        let mut outs = Vec::with_capacity(batch.groups.len());
+        for g in &batch.groups {
+            let (n, l, p, w) = (g.count, g.real_len, g.probes, g.width());
+            // [n * w, heads, d] rows of the group -> [n, heads, w, d]
+            let part = |x: &Tensor, heads| -> Result<Tensor, ModelError> {
+                Ok(x.f_narrow(0, g.start, n * w)?.f_view([n, w, heads, d])?.f_transpose(1, 2)?)
             };
-            let (s, l) = (span.start, span.real_len);
-            let keys = self.repeat_kv(heads_first(&k, s, l + span.probes)?)?;
-            let values = self.repeat_kv(heads_first(&v, s, l + span.probes)?)?;
+            let (q, keys, values) = (part(&q, h)?, part(&k, kvh)?, part(&v, kvh)?);
+            let mut pieces = Vec::with_capacity(2);
             if rows == Rows::All {
+                // Grouped-query attention: SDPA maps query head i to kv head i / group
+                // itself (enable_gqa), without copying keys and values per query head.
                 let real = Tensor::f_scaled_dot_product_attention::<Tensor>(
-                    &heads_first(&q, s, l)?,
+                    &q.f_narrow(2, 0, l)?,
                     &keys.f_narrow(2, 0, l)?,
                     &values.f_narrow(2, 0, l)?,
                     None,
                     0.0,
                     true,
                     None,
-                    false,
+                    true,
                 )?;
-                outs.push(real);
+                pieces.push(real);
             }
-            if let Some(mask) = &span.probe_mask {
+            if let Some(mask) = &g.probe_mask {
                 let probe = Tensor::f_scaled_dot_product_attention(
-                    &heads_first(&q, s + l, span.probes)?,
+                    &q.f_narrow(2, l, p)?,
                     &keys,
                     &values,
                     Some(mask),
                     0.0,
                     false,
                     None,
-                    false,
+                    true,
                 )?;
-                outs.push(probe);
+                pieces.push(probe);
             }
+            // [n, heads, rows, d] -> [n, rows, heads, d], real rows then probes, as packed
+            let piece = Tensor::f_cat(&pieces, 2)?.f_transpose(1, 2)?;
+            outs.push(piece.f_reshape([-1, h * d])?);
         }
-        // [1, heads, len, d] pieces -> [rows, heads * d]
-        let out = Tensor::f_cat(&outs, 2)?.f_squeeze_dim(0)?.f_transpose(0, 1)?.f_reshape([-1, self.heads * d])?;
+        let out = Tensor::f_cat(&outs, 0)?;
         Ok(out.f_linear::<&Tensor>(&self.o, None)?)
-    }
-
-    /// `[1, kv_heads, L, d]` -> `[1, heads, L, d]`: query head i reads kv head i / group.
-    fn repeat_kv(&self, x: Tensor) -> Result<Tensor, ModelError> {
-        let group = self.heads / self.kv_heads;
-        if group == 1 {
-            return Ok(x);
-        }
-        let s = x.size();
-        Ok(x.f_unsqueeze(2)?
-            .f_expand([s[0], s[1], group, s[2], s[3]], false)?
-            .f_reshape([s[0], self.heads, s[2], s[3]])?)
     }
 }
 
