@@ -326,6 +326,19 @@ class HF:
 
 # --------------------------------------------------------------------------- main
 
+def diffs(got, ref):
+    """max |raw diff|, max |reward diff| (default weights) and count over the turns in both."""
+    raw_diff, rew_diff, n = 0.0, 0.0, 0
+    for key, want in ref.items():
+        have = got.get(key)
+        if have is None:
+            continue
+        raw_diff = max(raw_diff, max(abs(x - y) for x, y in zip(have, want)))
+        rew_diff = max(rew_diff, abs(sum(w * (x - y) for w, x, y in zip(WEIGHTS, have, want))))
+        n += 1
+    return raw_diff, rew_diff, n
+
+
 def loadavg():
     try:
         return round(os.getloadavg()[0], 2)
@@ -404,6 +417,7 @@ def main():
 
     rows = []
     checks = []
+    kept = {}  # (workload, dtype) -> (transformers raw, reward-worker raw) of the check records
     for dtype in dtypes:
         for name in names:
             p = prepared[name]
@@ -437,54 +451,59 @@ def main():
                         if i < k:
                             dst.write(line)
                 got = run_rust_score(a, mdir, sub, dtype)
-                ref = {}
-                for j, (r, t, _) in enumerate(p["prefixes"]):
-                    if r < k:
-                        ref[(r, t)] = hf_out[j].tolist()
-                raw_diff, rew_diff, n = 0.0, 0.0, 0
-                missing = []
+                hf_ref = {(r, t): hf_out[j].tolist()
+                          for j, (r, t, _) in enumerate(p["prefixes"]) if r < k}
+                rw_got, errors = {}, []
                 for rec in got:
                     if "error" in rec:
-                        missing.append(rec)
+                        errors.append(rec)
                         continue
                     for tr in rec["turns"]:
-                        want = ref.pop((rec["index"], tr["turn"]), None)
-                        if want is None:
-                            missing.append((rec["index"], tr["turn"]))
-                            continue
-                        raw_diff = max(raw_diff, max(abs(x - y) for x, y in zip(tr["raw"], want)))
-                        rew = sum(w * x for w, x in zip(WEIGHTS, want))
-                        rew_diff = max(rew_diff, abs(tr["reward"] - rew))
-                        n += 1
-                scale = max(abs(x) for v in [hf_out[j] for j, pp in enumerate(p["prefixes"]) if pp[0] < k]
-                            for x in v.tolist())
+                        rw_got[(rec["index"], tr["turn"])] = tr["raw"]
+                kept[(name, dtype)] = (hf_ref, rw_got)
+                raw_diff, rew_diff, n = diffs(rw_got, hf_ref)
+                scale = max(abs(x) for v in hf_ref.values() for x in v)
+                unmatched = [str(e) for e in errors] + [str(x) for x in set(hf_ref) ^ set(rw_got)]
                 c = dict(workload=name, dtype=dtype, records=k, turns=n, max_abs_raw_diff=raw_diff,
-                         max_abs_reward_diff=rew_diff, max_abs_raw=scale,
-                         unmatched=[str(m) for m in missing] + [str(x) for x in ref])
+                         max_abs_reward_diff=rew_diff, max_abs_raw=scale, unmatched=unmatched)
+                # bf16 context: how far each engine's bf16 is from transformers f32
+                if dtype == "bf16" and (name, "f32") in kept:
+                    f32_ref = kept[(name, "f32")][0]
+                    c["rw_bf16_vs_hf_f32"] = diffs(rw_got, f32_ref)[0]
+                    c["hf_bf16_vs_hf_f32"] = diffs(hf_ref, f32_ref)[0]
                 checks.append(c)
-                flag = "" if not c["unmatched"] else f"  UNMATCHED {c['unmatched']}"
+                flag = "" if not unmatched else f"  UNMATCHED {unmatched}"
+                extra = ""
+                if "rw_bf16_vs_hf_f32" in c:
+                    extra = (f"; vs transformers f32: reward-worker bf16 {c['rw_bf16_vs_hf_f32']:.2e}, "
+                             f"transformers bf16 {c['hf_bf16_vs_hf_f32']:.2e}")
                 print(f"  check {name} {dtype}: {n} turns of {k} records: max |raw diff| "
-                      f"{raw_diff:.2e}, max |reward diff| {rew_diff:.2e} (max |raw| {scale:.2f}){flag}",
+                      f"{raw_diff:.2e}, max |reward diff| {rew_diff:.2e} (max |raw| {scale:.2f}){extra}{flag}",
                       flush=True)
 
     # table
     print()
-    hdr = (f"{'workload':<40} {'dtype':<5} {'useful tok':>10} {'rw tok/s':>10} {'hf tok/s':>10} "
+    hdr = (f"{'workload':<44} {'dtype':<5} {'useful tok':>10} {'rw tok/s':>10} {'hf tok/s':>10} "
            f"{'rw/hf':>6} {'rw s':>8} {'hf s':>8} {'rw proc':>8} {'hf proc':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['workload'] + ': ' + r['desc']:<40} {r['dtype']:<5} {r['useful_tokens']:>10} "
+        print(f"{r['workload'] + ': ' + r['desc']:<44} {r['dtype']:<5} {r['useful_tokens']:>10} "
               f"{r['rust_tok_s']:>10.0f} {r['hf_tok_s']:>10.0f} {r['ratio']:>6.2f} "
               f"{r['rust_seconds']:>8.3f} {r['hf_seconds']:>8.3f} "
               f"{r['rust_tokens_processed']:>8} {r['hf_tokens_processed']:>8}")
     print("(rw proc / hf proc: tokens the forward passes actually process; hf includes padding)")
     if checks:
         print()
-        print(f"{'check':<10} {'dtype':<5} {'turns':>5} {'max|raw diff|':>14} {'max|reward diff|':>17}")
+        print(f"{'check':<10} {'dtype':<5} {'turns':>5} {'max|raw diff|':>14} {'max|reward diff|':>17} "
+              f"{'rw bf16 vs hf f32':>18} {'hf bf16 vs hf f32':>18}")
         for c in checks:
+            ctx = ""
+            if "rw_bf16_vs_hf_f32" in c:
+                ctx = f" {c['rw_bf16_vs_hf_f32']:>18.3e} {c['hf_bf16_vs_hf_f32']:>18.3e}"
             print(f"{c['workload']:<10} {c['dtype']:<5} {c['turns']:>5} {c['max_abs_raw_diff']:>14.3e} "
-                  f"{c['max_abs_reward_diff']:>17.3e}")
+                  f"{c['max_abs_reward_diff']:>17.3e}{ctx}")
+        print("(max |raw diff|: reward-worker `score` vs transformers, the nine raw outputs; reward: default weights)")
 
     res = dict(
         when=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

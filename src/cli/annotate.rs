@@ -11,7 +11,7 @@
 //! (dropping a partial last line), skips that many input lines and appends. A
 //! bad line (invalid JSON, not the seed format, too long, ...) is reported and
 //! written through unchanged, never dropped, so the count stays aligned.
-//! Records are re-serialised with sorted keys (serde_json's map order).
+//! Records are re-serialised compactly, keys in input order.
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
