@@ -37,9 +37,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
 
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-WEIGHTS = [0, 0, 0, 0, 0.3, 0.74, 0.46, 0.47, -0.33]
+# The scoring semantics (SteerLM template, default weights) come from the fixture
+# generator that made the reference data, so the bench scores exactly that text.
+sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
+from make_fixture import WEIGHTS, render_prefixes  # noqa: E402
 
 # The default bench model (~89M parameters with the fixture's 1024-token vocab).
 DEFAULT_SHAPE = dict(hidden=1024, layers=8, heads=16, kv_heads=4, head_dim=64, ffn=4096,
@@ -105,21 +106,6 @@ def ensure_model(a, mdir):
 
 
 # --------------------------------------------------------------------------- workloads
-
-def header():
-    return f"<extra_id_0>System\n{SYSTEM}\n"
-
-
-def render_prefixes(conv):
-    """(turn index, scored text) for every assistant turn; as make_fixture.render_prefixes."""
-    text = header()
-    out = []
-    for i, (role, value) in enumerate(conv):
-        text += f"<extra_id_1>{role}\n{value}\n"
-        if role == "Assistant":
-            out.append((i, text + "<extra_id_2>"))
-    return out
-
 
 def filler(rng, n_words):
     words = []
