@@ -36,7 +36,6 @@ pub struct PackedBatch {
     pub groups: Vec<SpanGroup>,
     /// Rows of all probe tokens, in output order.
     pub probe_rows: Tensor,
-    pub tokens: i64,
 }
 
 /// One sequence to pack: its real tokens, and per probe `(token id, prefix length)`.
@@ -88,13 +87,11 @@ impl PackedBatch {
                 group.probe_mask = Some(Tensor::from_slice(&mask).f_view(shape)?.f_to_device(device)?);
             }
         }
-        let tokens = ids.len() as i64;
         Ok(PackedBatch {
             input_ids: Tensor::from_slice(&ids).f_to_device(device)?,
             positions: Tensor::from_slice(&positions).f_to_device(device)?,
             groups,
             probe_rows: Tensor::from_slice(&probe_rows).f_to_device(device)?,
-            tokens,
         })
     }
 }

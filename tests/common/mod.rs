@@ -30,12 +30,13 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-/// Run the `reward-worker` binary with `args`, feeding `stdin`.
+/// Run the `reward-worker` binary with `args`, feeding `stdin`; logs off so
+/// stderr holds only errors.
 pub fn run_cli(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_reward-worker"))
         .args(args)
-        .env("RUST_LOG", "reward_worker=warn")
+        .env("RUST_LOG", "error")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -62,13 +63,9 @@ pub fn copy_model(name: &str) -> tempfile::TempDir {
 
 pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-nemotron-rm");
 
-/// Run `reward-worker` with `args`; logs off so stderr holds only errors.
+/// Run `reward-worker` with `args` and empty stdin.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reward-worker"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("the reward-worker binary runs")
+    run_cli(args, "")
 }
 
 pub fn stderr(out: &Output) -> String {
