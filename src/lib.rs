@@ -7,7 +7,9 @@
 //!
 //! # Layout
 //!
-//! - [`model`]: `config.json` -> [`model::Config`], safetensors loading by HF
+//! - [`config`]: the types every layer shares, below `model` and `parallel`:
+//!   `config.json` -> [`config::Config`], the decoder dtype, the parallel layout.
+//! - [`model`]: safetensors loading by HF
 //!   names (with per-rank slices), and the Nemotron-4 decoder + reward head as
 //!   plain math over a packed batch.
 //! - [`chat`]: input formats (seed `conversations`, OpenAI `messages`), the
@@ -27,6 +29,7 @@
 pub mod batching;
 pub mod chat;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod model;
 pub mod parallel;

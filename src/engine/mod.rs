@@ -1,11 +1,18 @@
 //! The scoring engine: records in, nine raw attribute scores per assistant turn out.
 //!
-//! `prepare` turns a record into token sequences (cheap, per record, errors stay
-//! with their record); `score` packs the sequences of many records into batches
-//! by a token budget and runs the model once per batch.
+//! The engine interface is [`Scorer`]: `prepare` turns a record into token
+//! sequences (cheap, per record, on any thread through [`Scorer::preparer`];
+//! errors stay with their record) and `score` packs the sequences of many
+//! records into batches by a token budget and runs them on a [`Forward`]
+//! backend: one local rank, or a worker group. Everything above (the CLI, the
+//! service) talks to this interface only.
 
+pub mod backend;
+pub mod prepare;
 pub mod source;
 
+pub use backend::{BatchScores, Forward, LocalModel};
+pub use prepare::{PreparedRecord, Preparer, ScoreOptions};
 pub use source::ModelSource;
 
 use serde_json::Value;
@@ -13,35 +20,9 @@ use std::sync::Arc;
 use tch::Device;
 
 use crate::batching::plan_batches;
-use crate::chat::{self, layout_conversation, template, ChatTokenizer, RecordError, Sequence, Truncate};
-use crate::model::{DType, ModelError, NemotronRewardModel, PackedBatch, SeqInput};
+use crate::chat::{RecordError, Sequence};
+use crate::model::{BatchLayout, Config, DType, LayoutSeq, ModelError, NemotronRewardModel};
 use crate::parallel::SingleRank;
-
-/// How records are turned into token sequences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ScoreOptions {
-    pub truncate: Truncate,
-    /// Render the record's own system text instead of the SteerLM constant.
-    pub use_record_system: bool,
-}
-
-/// A record ready for the model.
-#[derive(Debug, Clone)]
-pub struct PreparedRecord {
-    pub sequences: Vec<Sequence>,
-}
-
-impl PreparedRecord {
-    /// Tokens the forward pass processes for this record.
-    pub fn tokens(&self) -> usize {
-        self.sequences.iter().map(Sequence::len).sum()
-    }
-
-    /// Tokens of every scored prefix counted as if scored alone (prefix + score token).
-    pub fn useful_tokens(&self) -> usize {
-        self.sequences.iter().flat_map(|s| s.probes.iter()).map(|&(_, prefix)| prefix as usize + 1).sum()
-    }
-}
 
 /// The nine raw outputs for one assistant turn.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,64 +45,110 @@ impl RecordScores {
     }
 }
 
-/// A loaded model with its tokenizer, on one device.
+/// What one `score` call cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScoreStats {
+    /// Tokens of the records as laid out alone (what a client asked for).
+    pub tokens_requested: usize,
+    /// Tokens the forward passes computed.
+    pub tokens_computed: usize,
+    /// Forward batches.
+    pub batches: usize,
+}
+
+/// A loaded model with its tokenizer, behind a forward backend.
 pub struct Scorer {
-    pub model: NemotronRewardModel,
-    pub tokenizer: ChatTokenizer,
+    preparer: Arc<Preparer>,
+    backend: Box<dyn Forward>,
+    pub config: Config,
     pub name: String,
 }
 
 impl Scorer {
+    /// One rank on `device`.
     pub fn load(source: &ModelSource, dtype: DType, device: Device) -> Result<Scorer, ModelError> {
         let (config, tokenizer, weights) = source.load()?;
-        if tokenizer.vocab_size() > config.vocab_size as usize {
-            return Err(ModelError::Config(format!(
-                "the tokenizer has {} tokens but the model's vocab_size is {}",
-                tokenizer.vocab_size(),
-                config.vocab_size
-            )));
-        }
+        check_vocab(&config, tokenizer.vocab_size())?;
         let model = NemotronRewardModel::load(&config, &weights, dtype.kind(), device, Arc::new(SingleRank))?;
-        Ok(Scorer { model, tokenizer, name: source.name() })
+        Ok(Scorer::from_parts(source.name(), config, tokenizer, Box::new(LocalModel { model })))
+    }
+
+    /// A scorer over any backend (a worker group builds its own).
+    pub fn from_parts(
+        name: String,
+        config: Config,
+        tokenizer: crate::chat::ChatTokenizer,
+        backend: Box<dyn Forward>,
+    ) -> Scorer {
+        let preparer = Preparer {
+            tokenizer,
+            context: config.max_position_embeddings as usize,
+            vocab_size: config.vocab_size as usize,
+        };
+        Scorer { preparer: Arc::new(preparer), backend, config, name }
+    }
+
+    /// The tokenizer side, for threads that prepare records while this one scores.
+    pub fn preparer(&self) -> Arc<Preparer> {
+        Arc::clone(&self.preparer)
     }
 
     /// The model's context length (`max_position_embeddings`).
     pub fn context(&self) -> usize {
-        self.model.config.max_position_embeddings as usize
+        self.preparer.context
+    }
+
+    /// False once the backend (a worker group) has lost a rank.
+    pub fn healthy(&self) -> bool {
+        self.backend.healthy()
+    }
+
+    /// The backend, for logs: device, dtype and parallel layout.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
     /// Parse, render and tokenise one record.
     pub fn prepare(&self, record: &Value, opts: ScoreOptions) -> Result<PreparedRecord, RecordError> {
-        let conv = chat::parse_record(record)?;
-        let encode = |text: &str| {
-            self.tokenizer
-                .encode(text)
-                .map_err(|e| RecordError::new("tokenizer_error", format!("cannot tokenise: {e}")))
-        };
-        let header = encode(&template::header(template::system_text(&conv, opts.use_record_system)))?;
-        let turns = conv.turns.iter().map(|t| encode(&template::turn(t))).collect::<Result<Vec<_>, _>>()?;
-        let sequences = layout_conversation(
-            &header,
-            &turns,
-            &conv.assistant_turns(),
-            self.tokenizer.score_id(),
-            self.context(),
-            opts.truncate,
-        )?;
-        Ok(PreparedRecord { sequences })
+        self.preparer.prepare(record, opts)
     }
 
     /// Score prepared records, batching their sequences by `batch_tokens`.
     /// A failed batch fails only the records that had a sequence in it.
     pub fn score(&self, records: &[&PreparedRecord], batch_tokens: usize) -> Vec<Result<RecordScores, RecordError>> {
+        self.score_with_stats(records, batch_tokens).0
+    }
+
+    /// [`Scorer::score`], and what it cost.
+    pub fn score_with_stats(
+        &self,
+        records: &[&PreparedRecord],
+        batch_tokens: usize,
+    ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
         let seqs: Vec<(usize, &Sequence)> =
             records.iter().enumerate().flat_map(|(r, rec)| rec.sequences.iter().map(move |s| (r, s))).collect();
         let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); records.len()];
         let mut failed: Vec<Option<RecordError>> = vec![None; records.len()];
         let lens: Vec<usize> = seqs.iter().map(|(_, s)| s.len()).collect();
-        for range in plan_batches(&lens, batch_tokens) {
+        let budget = (batch_tokens / self.backend.micro_batches().max(1)).max(1);
+        let ranges = plan_batches(&lens, budget);
+        let layouts: Vec<BatchLayout> = ranges
+            .iter()
+            .map(|r| BatchLayout {
+                seqs: seqs[r.clone()]
+                    .iter()
+                    .map(|(_, s)| LayoutSeq { tokens: s.tokens.clone(), probes: s.probes.clone() })
+                    .collect(),
+            })
+            .collect();
+        let stats = ScoreStats {
+            tokens_requested: lens.iter().sum(),
+            tokens_computed: layouts.iter().map(BatchLayout::rows).sum(),
+            batches: layouts.len(),
+        };
+        for (range, result) in ranges.into_iter().zip(self.backend.forward(&layouts)) {
             let batch = &seqs[range];
-            match self.run_batch(batch) {
+            match result {
                 Ok(scores) => {
                     let mut rows = scores.into_iter();
                     for (r, seq) in batch {
@@ -139,7 +166,7 @@ impl Scorer {
                 }
             }
         }
-        turns
+        let results = turns
             .into_iter()
             .zip(failed)
             .zip(records)
@@ -150,15 +177,18 @@ impl Scorer {
                     Ok(RecordScores { turns, tokens: rec.tokens() })
                 }
             })
-            .collect()
+            .collect();
+        (results, stats)
     }
+}
 
-    fn run_batch(&self, batch: &[(usize, &Sequence)]) -> Result<Vec<[f32; 9]>, ModelError> {
-        let inputs: Vec<SeqInput> =
-            batch.iter().map(|(_, s)| SeqInput { tokens: &s.tokens, probes: &s.probes }).collect();
-        let packed = PackedBatch::pack(&inputs, self.model.device)?;
-        let scores = self.model.forward(&packed)?;
-        let flat = Vec::<f32>::try_from(scores.f_flatten(0, -1)?)?;
-        Ok(flat.chunks_exact(9).map(|c| c.try_into().expect("chunks of 9")).collect())
+/// The tokenizer must not produce ids past the embedding table.
+pub fn check_vocab(config: &Config, tokenizer_vocab: usize) -> Result<(), ModelError> {
+    if tokenizer_vocab > config.vocab_size as usize {
+        return Err(ModelError::Config(format!(
+            "the tokenizer has {tokenizer_vocab} tokens but the model's vocab_size is {}",
+            config.vocab_size
+        )));
     }
+    Ok(())
 }

@@ -1,14 +1,13 @@
 //! The Nemotron-4 reward model: configuration, checkpoint loading and the forward pass.
 
-pub mod config;
 pub mod nemotron;
 pub mod packed;
 pub mod rope;
 pub mod weights;
 
-pub use config::Config;
+pub use crate::config::{Config, DType};
 pub use nemotron::NemotronRewardModel;
-pub use packed::{PackedBatch, SeqInput};
+pub use packed::{BatchLayout, LayoutSeq, PackedBatch, SeqInput};
 pub use weights::Weights;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +35,17 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
+impl From<crate::config::ConfigError> for ModelError {
+    fn from(e: crate::config::ConfigError) -> ModelError {
+        use crate::config::ConfigError;
+        match e {
+            ConfigError::Io { path, source } => ModelError::Io { path, source },
+            ConfigError::Invalid(message) => ModelError::Config(message),
+            ConfigError::InFile { file, message } => ModelError::InFile { file, message },
+        }
+    }
+}
+
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> ModelError {
         ModelError::Io { path: path.to_path_buf(), source }
@@ -46,23 +56,6 @@ impl ModelError {
         match self {
             ModelError::Config(message) => ModelError::InFile { file: file.to_path_buf(), message },
             other => other,
-        }
-    }
-}
-
-/// Element type the decoder runs in. Norms, softmax and the reward head are fp32 regardless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    F32,
-    Bf16,
-}
-
-impl DType {
-    pub fn kind(self) -> tch::Kind {
-        match self {
-            DType::F32 => tch::Kind::Float,
-            DType::Bf16 => tch::Kind::BFloat16,
         }
     }
 }

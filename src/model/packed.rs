@@ -44,7 +44,81 @@ pub struct SeqInput<'a> {
     pub probes: &'a [(i64, i64)],
 }
 
+/// One sequence of a [`BatchLayout`], owned.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LayoutSeq {
+    pub tokens: Vec<i64>,
+    pub probes: Vec<(i64, i64)>,
+}
+
+/// A forward batch as plain host data (no tensors): what the engine hands to a
+/// backend, and what a worker group sends to its ranks ([`BatchLayout::encode`]
+/// is a flat `i64` buffer for a broadcast). Every rank turns it into a
+/// [`PackedBatch`] on its own device.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BatchLayout {
+    pub seqs: Vec<LayoutSeq>,
+}
+
+impl BatchLayout {
+    /// Rows (tokens) the forward pass computes.
+    pub fn rows(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len() + s.probes.len()).sum()
+    }
+
+    /// Scored rows: the forward returns one `[9]` row per probe, in order.
+    pub fn probes(&self) -> usize {
+        self.seqs.iter().map(|s| s.probes.len()).sum()
+    }
+
+    /// `[n_seqs, (n_tokens, n_probes, tokens.., (id, prefix)..)*]`.
+    pub fn encode(&self) -> Vec<i64> {
+        let mut out = vec![self.seqs.len() as i64];
+        for s in &self.seqs {
+            out.push(s.tokens.len() as i64);
+            out.push(s.probes.len() as i64);
+            out.extend_from_slice(&s.tokens);
+            out.extend(s.probes.iter().flat_map(|&(id, prefix)| [id, prefix]));
+        }
+        out
+    }
+
+    pub fn decode(data: &[i64]) -> Result<BatchLayout, ModelError> {
+        let bad = || ModelError::Config("a batch layout buffer is truncated or corrupt".into());
+        let mut it = data.iter().copied();
+        let mut take = |n: i64| -> Result<Vec<i64>, ModelError> {
+            let n = usize::try_from(n).map_err(|_| bad())?;
+            let v: Vec<i64> = it.by_ref().take(n).collect();
+            if v.len() == n {
+                Ok(v)
+            } else {
+                Err(bad())
+            }
+        };
+        let n = take(1)?[0];
+        let mut seqs = Vec::new();
+        for _ in 0..n {
+            let head = take(2)?;
+            let tokens = take(head[0])?;
+            let pairs = take(head[1].checked_mul(2).ok_or_else(bad)?)?;
+            let probes = pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+            seqs.push(LayoutSeq { tokens, probes });
+        }
+        if take(1).is_ok() {
+            return Err(bad());
+        }
+        Ok(BatchLayout { seqs })
+    }
+}
+
 impl PackedBatch {
+    /// A layout's batch on `device`.
+    pub fn new(layout: &BatchLayout, device: Device) -> Result<PackedBatch, ModelError> {
+        let inputs: Vec<SeqInput> =
+            layout.seqs.iter().map(|s| SeqInput { tokens: &s.tokens, probes: &s.probes }).collect();
+        Self::pack(&inputs, device)
+    }
+
     pub fn pack(seqs: &[SeqInput<'_>], device: Device) -> Result<PackedBatch, ModelError> {
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -123,5 +197,20 @@ mod tests {
         let rows = Vec::<bool>::try_from(mask.get(1).flatten(0, -1)).unwrap();
         assert_eq!(rows, vec![true, true, false, true, false, true, true, true, false, true]);
         assert!(PackedBatch::pack(&[SeqInput { tokens: &c, probes: &[(9, 5)] }], Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn a_layout_survives_encoding() {
+        let layout = BatchLayout {
+            seqs: vec![
+                LayoutSeq { tokens: vec![1, 2, 3], probes: vec![(9, 2), (9, 3)] },
+                LayoutSeq { tokens: vec![4], probes: vec![(9, 1)] },
+            ],
+        };
+        let data = layout.encode();
+        assert_eq!(BatchLayout::decode(&data).unwrap(), layout);
+        assert!(BatchLayout::decode(&data[..data.len() - 1]).is_err());
+        assert!(BatchLayout::decode(&[data.clone(), vec![0]].concat()).is_err());
+        assert_eq!((layout.rows(), layout.probes()), (7, 3));
     }
 }

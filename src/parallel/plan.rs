@@ -4,6 +4,7 @@
 //! down_proj by input columns (row parallel). Key/value heads are split across
 //! ranks, or replicated when there are more ranks than kv heads.
 
+use crate::config::ParallelLayout;
 use crate::model::{Config, ModelError};
 
 /// Which slice of the model one tensor-parallel rank holds.
@@ -26,25 +27,13 @@ pub struct ShardPlan {
 impl ShardPlan {
     pub fn new(cfg: &Config, rank: usize, world: usize) -> Result<ShardPlan, ModelError> {
         let w = world as i64;
-        let fail = |what: String| Err(ModelError::Config(format!("tensor parallel size {world}: {what}")));
         if world == 0 || rank >= world {
-            return fail(format!("rank {rank} is out of range"));
+            return Err(ModelError::Config(format!("tensor parallel size {world}: rank {rank} is out of range")));
         }
-        if cfg.num_heads % w != 0 {
-            return fail(format!("{} attention heads do not divide evenly", cfg.num_heads));
-        }
-        if cfg.intermediate_size % w != 0 {
-            return fail(format!("intermediate_size {} does not divide evenly", cfg.intermediate_size));
-        }
+        ParallelLayout { tp: world, pp: 1 }.validate(cfg)?;
         let (kv_heads, kv_rank, kv_world) = if cfg.num_kv_heads >= w {
-            if cfg.num_kv_heads % w != 0 {
-                return fail(format!("{} kv heads do not divide evenly", cfg.num_kv_heads));
-            }
             (cfg.num_kv_heads / w, rank, world)
         } else {
-            if w % cfg.num_kv_heads != 0 {
-                return fail(format!("{} kv heads cannot be replicated evenly", cfg.num_kv_heads));
-            }
             let replicas = world / cfg.num_kv_heads as usize;
             (1, rank / replicas, cfg.num_kv_heads as usize)
         };
@@ -98,6 +87,6 @@ mod tests {
     #[test]
     fn rejects_uneven_splits() {
         let err = ShardPlan::new(&nemotron_340b(), 0, 5).unwrap_err().to_string();
-        assert!(err.contains("96 attention heads do not divide"), "{err}");
+        assert!(err.contains("96 attention heads do not divide into 5"), "{err}");
     }
 }

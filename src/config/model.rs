@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::path::Path;
 
-use super::ModelError;
+use super::ConfigError;
 
 /// The fields of `config.json` this crate reads, as the file spells them.
 /// Both the current layout (`rope_parameters`) and the older one (top-level
@@ -59,49 +59,51 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Config, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
         Self::from_json(&text).map_err(|e| e.in_file(path))
     }
 
-    pub fn from_json(text: &str) -> Result<Config, ModelError> {
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig =
-            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json is not valid: {e}")))?;
+            serde_json::from_str(text).map_err(|e| ConfigError::Invalid(format!("config.json is not valid: {e}")))?;
         raw.resolve()
     }
 }
 
-fn need(value: Option<i64>, field: &str) -> Result<i64, ModelError> {
+fn need(value: Option<i64>, field: &str) -> Result<i64, ConfigError> {
     match value {
         Some(v) if v > 0 => Ok(v),
-        Some(v) => Err(ModelError::Config(format!("`{field}` must be positive, got {v}"))),
-        None => Err(ModelError::Config(format!("`{field}` is missing"))),
+        Some(v) => Err(ConfigError::Invalid(format!("`{field}` must be positive, got {v}"))),
+        None => Err(ConfigError::Invalid(format!("`{field}` is missing"))),
     }
 }
 
 impl RawConfig {
-    pub fn resolve(self) -> Result<Config, ModelError> {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
         if let Some(t) = &self.model_type {
             if t != "nemotron" {
-                return Err(ModelError::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "model_type is `{t}`, this worker serves Nemotron-4 reward models (`nemotron`)"
                 )));
             }
         } else {
             let archs = self.architectures.clone().unwrap_or_default();
             if !archs.iter().any(|a| a.starts_with("Nemotron")) {
-                return Err(ModelError::Config("config.json has no `model_type` and no Nemotron architecture".into()));
+                return Err(ConfigError::Invalid(
+                    "config.json has no `model_type` and no Nemotron architecture".into(),
+                ));
             }
         }
         if let Some(act) = &self.hidden_act {
             if act != "relu2" {
-                return Err(ModelError::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "hidden_act is `{act}`, Nemotron-4 uses squared ReLU (`relu2`)"
                 )));
             }
         }
         if self.attention_bias == Some(true) || self.mlp_bias == Some(true) {
-            return Err(ModelError::Config(
+            return Err(ConfigError::Invalid(
                 "attention_bias / mlp_bias are set; Nemotron-4 has no linear biases".into(),
             ));
         }
@@ -109,7 +111,7 @@ impl RawConfig {
         let num_heads = need(self.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = need(self.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
         if num_heads % num_kv_heads != 0 {
-            return Err(ModelError::Config(format!(
+            return Err(ConfigError::Invalid(format!(
                 "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
             )));
         }
@@ -117,7 +119,7 @@ impl RawConfig {
             Some(d) => need(Some(d), "head_dim")?,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => {
-                return Err(ModelError::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "head_dim is missing and hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_heads})"
                 )))
             }
@@ -125,7 +127,7 @@ impl RawConfig {
         let rope = self.rope_parameters.as_ref();
         if let Some(kind) = rope.and_then(|r| r.rope_type.as_deref()) {
             if kind != "default" {
-                return Err(ModelError::Config(format!("rope_type `{kind}` is not supported (only `default`)")));
+                return Err(ConfigError::Invalid(format!("rope_type `{kind}` is not supported (only `default`)")));
             }
         }
         let rope_theta = rope.and_then(|r| r.rope_theta).or(self.rope_theta).unwrap_or(10000.0);
@@ -135,18 +137,18 @@ impl RawConfig {
             .or(self.rope_percent)
             .unwrap_or(0.5);
         if !(factor > 0.0 && factor <= 1.0) {
-            return Err(ModelError::Config(format!("partial_rotary_factor must be in (0, 1], got {factor}")));
+            return Err(ConfigError::Invalid(format!("partial_rotary_factor must be in (0, 1], got {factor}")));
         }
         // transformers: int(head_dim * partial_rotary_factor)
         let rotary_dim = (head_dim as f64 * factor) as i64;
         if rotary_dim % 2 != 0 || rotary_dim == 0 {
-            return Err(ModelError::Config(format!(
+            return Err(ConfigError::Invalid(format!(
                 "rotary dims ({rotary_dim} = head_dim {head_dim} x {factor}) must be even and positive"
             )));
         }
         let num_labels = self.num_labels.or(self.id2label.as_ref().map(|m| m.len() as i64)).unwrap_or(9);
         if num_labels != 9 {
-            return Err(ModelError::Config(format!(
+            return Err(ConfigError::Invalid(format!(
                 "the reward head has {num_labels} labels; Nemotron-4 reward models have 9 attributes"
             )));
         }
