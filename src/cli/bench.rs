@@ -36,9 +36,11 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
     }
     let records: Vec<&PreparedRecord> = prepared.iter().collect();
     let mut times = Vec::with_capacity(args.repeat);
+    let mut stats = Default::default();
     for run in 0..args.warmup + args.repeat.max(1) {
         let started = Instant::now();
-        let results = scorer.score(&records, args.model.batch_tokens);
+        let (results, run_stats) = scorer.score_with_stats(&records, args.model.batch_tokens);
+        stats = run_stats;
         let elapsed = started.elapsed().as_secs_f64();
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(format!("scoring failed: {e}"));
@@ -52,10 +54,15 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
     let useful: usize = records.iter().map(|r| r.useful_tokens()).sum();
     let processed: usize = records.iter().map(|r| r.tokens()).sum();
     let turns: usize = records.iter().map(|r| r.sequences.iter().map(|s| s.probes.len()).sum::<usize>()).sum();
+    let stats: crate::engine::ScoreStats = stats;
     let report = json!({
         "records": records.len(),
         "scored_turns": turns,
         "tokens_processed": processed,
+        "tokens_computed": stats.tokens_computed,
+        "batches": stats.batches,
+        "forward_gflop": stats.flops / 1e9,
+        "forward_gflop_per_s": stats.flops / 1e9 / seconds,
         "useful_tokens": useful,
         "seconds": seconds,
         "useful_tokens_per_s": useful as f64 / seconds,

@@ -21,6 +21,7 @@ use tch::Device;
 
 use crate::batching::plan_batches;
 use crate::chat::{RecordError, Sequence};
+use crate::model::flops::forward_flops;
 use crate::model::{BatchLayout, Config, DType, LayoutSeq, ModelError, NemotronRewardModel};
 use crate::parallel::SingleRank;
 
@@ -46,7 +47,7 @@ impl RecordScores {
 }
 
 /// What one `score` call cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ScoreStats {
     /// Tokens of the records as laid out alone (what a client asked for).
     pub tokens_requested: usize,
@@ -54,6 +55,8 @@ pub struct ScoreStats {
     pub tokens_computed: usize,
     /// Forward batches.
     pub batches: usize,
+    /// Floating-point operations of the forward passes ([`crate::model::flops`]).
+    pub flops: f64,
 }
 
 /// A loaded model with its tokenizer, behind a forward backend.
@@ -145,6 +148,7 @@ impl Scorer {
             tokens_requested: lens.iter().sum(),
             tokens_computed: layouts.iter().map(BatchLayout::rows).sum(),
             batches: layouts.len(),
+            flops: layouts.iter().map(|l| forward_flops(&self.config, l)).sum(),
         };
         for (range, result) in ranges.into_iter().zip(self.backend.forward(&layouts)) {
             let batch = &seqs[range];

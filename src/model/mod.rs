@@ -1,5 +1,6 @@
 //! The Nemotron-4 reward model: configuration, checkpoint loading and the forward pass.
 
+pub mod flops;
 pub mod nemotron;
 pub mod packed;
 pub mod rope;

@@ -71,6 +71,22 @@ impl BatchLayout {
         self.seqs.iter().map(|s| s.probes.len()).sum()
     }
 
+    /// Keys attended over all rows, and over the probe rows alone: a row at
+    /// position p attends to p + 1 keys.
+    pub fn attended_keys(&self) -> (u64, u64) {
+        let mut all = 0u64;
+        let mut probes = 0u64;
+        for s in &self.seqs {
+            let n = s.tokens.len() as u64;
+            all += n * (n + 1) / 2;
+            for &(_, prefix) in &s.probes {
+                all += prefix as u64 + 1;
+                probes += prefix as u64 + 1;
+            }
+        }
+        (all, probes)
+    }
+
     /// `[n_seqs, (n_tokens, n_probes, tokens.., (id, prefix)..)*]`.
     pub fn encode(&self) -> Vec<i64> {
         let mut out = vec![self.seqs.len() as i64];
