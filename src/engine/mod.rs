@@ -16,13 +16,14 @@ pub use prepare::{PreparedRecord, Preparer, ScoreOptions};
 pub use source::ModelSource;
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tch::Device;
 
-use crate::batching::plan_batches;
-use crate::chat::{RecordError, Sequence};
+use crate::batching::{PrefixTree, ReadoutId};
+use crate::chat::RecordError;
 use crate::model::flops::forward_flops;
-use crate::model::{BatchLayout, Config, DType, LayoutSeq, ModelError, NemotronRewardModel};
+use crate::model::{BatchLayout, Config, DType, ModelError, NemotronRewardModel};
 use crate::parallel::SingleRank;
 
 /// The nine raw outputs for one assistant turn.
@@ -123,49 +124,60 @@ impl Scorer {
     }
 
     /// [`Scorer::score`], and what it cost.
+    ///
+    /// All scored prefixes of all records go into one prefix tree, so whatever
+    /// they share (a system header, a GRPO prompt, a conversation history) is
+    /// computed once; the tree is cut into batches of at most `batch_tokens`
+    /// computed tokens (split further over a pipeline's stages).
     pub fn score_with_stats(
         &self,
         records: &[&PreparedRecord],
         batch_tokens: usize,
     ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
-        let seqs: Vec<(usize, &Sequence)> =
-            records.iter().enumerate().flat_map(|(r, rec)| rec.sequences.iter().map(move |s| (r, s))).collect();
-        let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); records.len()];
-        let mut failed: Vec<Option<RecordError>> = vec![None; records.len()];
-        let lens: Vec<usize> = seqs.iter().map(|(_, s)| s.len()).collect();
+        let mut tree = PrefixTree::new();
+        // Who reads each read-out: (record, turn, truncated).
+        let mut readers: HashMap<ReadoutId, Vec<(usize, usize, bool)>> = HashMap::new();
+        for (r, rec) in records.iter().enumerate() {
+            for seq in &rec.sequences {
+                for (&(token, prefix), &turn) in seq.probes.iter().zip(&seq.turns) {
+                    let id = tree.insert(&seq.tokens[..prefix as usize], token);
+                    readers.entry(id).or_default().push((r, turn, seq.truncated));
+                }
+            }
+        }
         let budget = (batch_tokens / self.backend.micro_batches().max(1)).max(1);
-        let ranges = plan_batches(&lens, budget);
-        let layouts: Vec<BatchLayout> = ranges
-            .iter()
-            .map(|r| BatchLayout {
-                seqs: seqs[r.clone()]
-                    .iter()
-                    .map(|(_, s)| LayoutSeq { tokens: s.tokens.clone(), probes: s.probes.clone() })
-                    .collect(),
-            })
-            .collect();
+        let planned = tree.plan(budget);
+        let layouts: Vec<BatchLayout> = planned.iter().map(|b| b.layout.clone()).collect();
         let stats = ScoreStats {
-            tokens_requested: lens.iter().sum(),
+            tokens_requested: records.iter().map(|r| r.tokens()).sum(),
             tokens_computed: layouts.iter().map(BatchLayout::rows).sum(),
             batches: layouts.len(),
             flops: layouts.iter().map(|l| forward_flops(&self.config, l)).sum(),
         };
-        for (range, result) in ranges.into_iter().zip(self.backend.forward(&layouts)) {
-            let batch = &seqs[range];
+        let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); records.len()];
+        let mut failed: Vec<Option<RecordError>> = vec![None; records.len()];
+        for (batch, result) in planned.iter().zip(self.backend.forward(&layouts)) {
+            let readers_of = batch.readouts.iter().flat_map(|id| readers[id].iter().map(move |&who| (id, who)));
             match result {
-                Ok(scores) => {
-                    let mut rows = scores.into_iter();
-                    for (r, seq) in batch {
-                        for &turn in &seq.turns {
-                            let raw = rows.next().expect("one score row per probe: this is a bug");
-                            turns[*r].push(TurnScore { turn, raw, truncated: seq.truncated });
+                Ok(scores) if scores.len() == batch.readouts.len() => {
+                    for (raw, id) in scores.into_iter().zip(&batch.readouts) {
+                        for &(r, turn, truncated) in &readers[id] {
+                            turns[r].push(TurnScore { turn, raw, truncated });
                         }
+                    }
+                }
+                Ok(scores) => {
+                    let e =
+                        format!("the backend returned {} scores for {} read-outs", scores.len(), batch.readouts.len());
+                    tracing::error!("{e}: this is a bug");
+                    for (_, (r, _, _)) in readers_of {
+                        failed[r] = Some(RecordError::new("model_error", e.clone()));
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "batch failed");
-                    for (r, _) in batch {
-                        failed[*r] = Some(RecordError::new("model_error", e.to_string()));
+                    for (_, (r, _, _)) in readers_of {
+                        failed[r] = Some(RecordError::new("model_error", e.to_string()));
                     }
                 }
             }

@@ -1,5 +1,7 @@
 //! The Nemotron-4 reward model: configuration, checkpoint loading and the forward pass.
 
+pub mod attention;
+pub mod cascade;
 pub mod flops;
 pub mod nemotron;
 pub mod packed;
@@ -8,7 +10,7 @@ pub mod weights;
 
 pub use crate::config::{Config, DType};
 pub use nemotron::NemotronRewardModel;
-pub use packed::{BatchLayout, LayoutSeq, PackedBatch, SeqInput};
+pub use packed::{BatchLayout, PackedBatch, Segment};
 pub use weights::Weights;
 
 use std::path::{Path, PathBuf};

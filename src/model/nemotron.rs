@@ -2,16 +2,16 @@
 //! packed batch. Tensor parallelism enters only through the shard plan (which
 //! slice of each weight to load) and `Comm::all_reduce` after o_proj and down_proj.
 //!
-//! A packed batch holds several sequences back to back with no padding. Each
-//! sequence is its real tokens followed by its *probe* tokens: the
-//! `<extra_id_2>` tokens that score one assistant turn each. Real tokens attend
-//! causally to real tokens only; a probe attends to the real tokens of its
-//! prefix and to itself, and carries the position it would have at the end of
-//! that prefix. So one pass gives every turn exactly its per-prefix score.
+//! A packed batch is a prefix tree of every scored prefix of its records, each
+//! shared prefix computed once ([`super::packed`]); a probe `<extra_id_2>` is a
+//! one-row leaf at the position that ends its prefix, so one pass gives every
+//! turn exactly its per-prefix score. Attention over the tree is in
+//! [`super::attention`].
 
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
+use super::attention::{Attention, Rows};
 use super::packed::PackedBatch;
 use super::rope::{Rotary, RotaryTable};
 use super::{Config, ModelError, Weights};
@@ -46,104 +46,6 @@ impl LayerNorm1P {
             Err(_) => Ok(norm(&x.f_to_kind(Kind::Float)?)?.f_to_kind(x.kind())?),
         }
     }
-}
-
-struct Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    heads: i64,
-    kv_heads: i64,
-    head_dim: i64,
-}
-
-impl Attention {
-    fn load(
-        w: &Weights,
-        p: &str,
-        cfg: &Config,
-        plan: &ShardPlan,
-        kind: Kind,
-        dev: Device,
-    ) -> Result<Attention, ModelError> {
-        let (h, d) = (cfg.hidden_size, cfg.head_dim);
-        let (r, n) = (plan.rank, plan.world);
-        let rows = |name: &str, out: i64, rank, world| {
-            w.get_sharded(&format!("{p}.{name}.weight"), &[out, h], 0, rank, world, kind, dev)
-        };
-        Ok(Attention {
-            q: rows("q_proj", cfg.num_heads * d, r, n)?,
-            k: rows("k_proj", cfg.num_kv_heads * d, plan.kv_rank, plan.kv_world)?,
-            v: rows("v_proj", cfg.num_kv_heads * d, plan.kv_rank, plan.kv_world)?,
-            o: w.get_sharded(&format!("{p}.o_proj.weight"), &[h, cfg.num_heads * d], 1, r, n, kind, dev)?,
-            heads: plan.heads,
-            kv_heads: plan.kv_heads,
-            head_dim: d,
-        })
-    }
-
-    /// Attention output before o_proj's all-reduce: `[T, hidden]` partial sums, or
-    /// `[probes, hidden]` when only the probe rows are needed (the last layer).
-    fn forward(&self, x: &Tensor, rotary: &Rotary, batch: &PackedBatch, rows: Rows) -> Result<Tensor, ModelError> {
-        let t = x.size()[0];
-        let d = self.head_dim;
-        let q = rotary.apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?);
-        let k = rotary.apply(&x.f_linear::<&Tensor>(&self.k, None)?.f_view([t, self.kv_heads, d])?);
-        let v = x.f_linear::<&Tensor>(&self.v, None)?.f_view([t, self.kv_heads, d])?;
-        let (h, kvh) = (self.heads, self.kv_heads);
-        let mut outs = Vec::with_capacity(batch.groups.len());
-        for g in &batch.groups {
-            let (n, l, p, w) = (g.count, g.real_len, g.probes, g.width());
-            // [n * w, heads, d] rows of the group -> [n, heads, w, d]
-            let part = |x: &Tensor, heads| -> Result<Tensor, ModelError> {
-                Ok(x.f_narrow(0, g.start, n * w)?.f_view([n, w, heads, d])?.f_transpose(1, 2)?)
-            };
-            let (q, keys, values) = (part(&q, h)?, part(&k, kvh)?, part(&v, kvh)?);
-            let mut pieces = Vec::with_capacity(2);
-            if rows == Rows::All {
-                // Grouped-query attention: SDPA maps query head i to kv head i / group
-                // itself (enable_gqa), without copying keys and values per query head.
-                let real = Tensor::f_scaled_dot_product_attention::<Tensor>(
-                    &q.f_narrow(2, 0, l)?,
-                    &keys.f_narrow(2, 0, l)?,
-                    &values.f_narrow(2, 0, l)?,
-                    None,
-                    0.0,
-                    true,
-                    None,
-                    true,
-                )?;
-                pieces.push(real);
-            }
-            if let Some(mask) = &g.probe_mask {
-                let probe = Tensor::f_scaled_dot_product_attention(
-                    &q.f_narrow(2, l, p)?,
-                    &keys,
-                    &values,
-                    Some(mask),
-                    0.0,
-                    false,
-                    None,
-                    true,
-                )?;
-                pieces.push(probe);
-            }
-            // [n, heads, rows, d] -> [n, rows, heads, d], real rows then probes, as packed
-            let piece = Tensor::f_cat(&pieces, 2)?.f_transpose(1, 2)?;
-            outs.push(piece.f_reshape([-1, h * d])?);
-        }
-        let out = Tensor::f_cat(&outs, 0)?;
-        Ok(out.f_linear::<&Tensor>(&self.o, None)?)
-    }
-}
-
-/// Which rows a layer must produce: all of them, or (in the last layer, whose
-/// other rows nobody reads) only the probe tokens'.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    All,
-    Probes,
 }
 
 struct Mlp {

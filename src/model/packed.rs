@@ -1,187 +1,219 @@
-//! A packed batch: several sequences back to back in one token dimension, no
-//! padding. Each sequence is its real tokens followed by its *probe* tokens (the
-//! `<extra_id_2>` tokens that score one assistant turn each). Consecutive
-//! sequences of the same shape form a [`SpanGroup`] so attention runs once per
-//! group rather than once per sequence.
+//! A forward batch: the segments of a prefix tree laid out back to back in one
+//! token dimension, no padding, no token computed twice.
+//!
+//! Every scored prefix of every record in the batch is a path from the root of
+//! the tree; shared prefixes (the system header, a GRPO prompt, a shared
+//! conversation history) are one path, computed once. A [`Segment`] is a run of
+//! rows with no branch inside: its own rows attend causally to each other and to
+//! all rows of its ancestors; the rows right after it, up to `end`, are its
+//! descendants (depth-first order), which attend to all of it. A *read-out* row
+//! (a probe `<extra_id_2>`, or the last token of a client-tokenised sequence) is
+//! always the last row of its segment; its final hidden state is scored.
+//!
+//! [`BatchLayout`] is plain host data, what the engine hands to a backend and a
+//! worker group sends to its ranks (`encode` / `decode`); [`PackedBatch`] is
+//! the same batch as device tensors plus the index sets attention needs.
 
 use tch::{Device, Tensor};
 
 use super::ModelError;
 
-/// `count` consecutive sequences with the same real length and probe count.
-pub struct SpanGroup {
-    /// First row of the group in the batch.
+/// A run of rows of the prefix tree: own rows `start..start + len`, then its
+/// descendants up to `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
     pub start: i64,
-    pub count: i64,
-    /// Real (causal) tokens per sequence.
-    pub real_len: i64,
-    /// Probe tokens per sequence, after the real ones.
-    pub probes: i64,
-    /// `[count, 1, probes, real_len + probes]` boolean: which keys each probe sees
-    /// (the real tokens of its prefix, and itself).
-    pub probe_mask: Option<Tensor>,
+    pub len: i64,
+    pub end: i64,
 }
 
-impl SpanGroup {
-    /// Rows per sequence.
-    pub fn width(&self) -> i64 {
-        self.real_len + self.probes
+impl Segment {
+    /// Rows of the segment's descendants.
+    pub fn descendants(&self) -> std::ops::Range<i64> {
+        self.start + self.len..self.end
+    }
+
+    /// Its last own row.
+    pub fn last_row(&self) -> i64 {
+        self.start + self.len - 1
     }
 }
 
-/// Sequences packed into one token dimension, ready for the model's forward.
-pub struct PackedBatch {
-    pub input_ids: Tensor,
-    pub positions: Tensor,
-    pub groups: Vec<SpanGroup>,
-    /// Rows of all probe tokens, in output order.
-    pub probe_rows: Tensor,
-}
-
-/// One sequence to pack: its real tokens, and per probe `(token id, prefix length)`.
-pub struct SeqInput<'a> {
-    pub tokens: &'a [i64],
-    pub probes: &'a [(i64, i64)],
-}
-
-/// One sequence of a [`BatchLayout`], owned.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct LayoutSeq {
-    pub tokens: Vec<i64>,
-    pub probes: Vec<(i64, i64)>,
-}
-
-/// A forward batch as plain host data (no tensors): what the engine hands to a
-/// backend, and what a worker group sends to its ranks ([`BatchLayout::encode`]
-/// is a flat `i64` buffer for a broadcast). Every rank turns it into a
-/// [`PackedBatch`] on its own device.
+/// A forward batch as plain host data (no tensors).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BatchLayout {
-    pub seqs: Vec<LayoutSeq>,
+    /// Token id per row, segments in depth-first order.
+    pub tokens: Vec<i64>,
+    /// Position id per row: its depth on its path from the root.
+    pub positions: Vec<i64>,
+    /// The segments, depth-first (a parent before its descendants).
+    pub segments: Vec<Segment>,
+    /// Read-out rows, ascending; the forward returns one `[9]` row per entry.
+    pub probe_rows: Vec<i64>,
 }
 
 impl BatchLayout {
     /// Rows (tokens) the forward pass computes.
     pub fn rows(&self) -> usize {
-        self.seqs.iter().map(|s| s.tokens.len() + s.probes.len()).sum()
+        self.tokens.len()
     }
 
-    /// Scored rows: the forward returns one `[9]` row per probe, in order.
+    /// Scored rows: the forward returns one `[9]` row per read-out, in order.
     pub fn probes(&self) -> usize {
-        self.seqs.iter().map(|s| s.probes.len()).sum()
+        self.probe_rows.len()
     }
 
-    /// Keys attended over all rows, and over the probe rows alone: a row at
-    /// position p attends to p + 1 keys.
+    /// Keys attended over all rows, and over the read-out rows alone: a row at
+    /// position p attends to p + 1 keys (its prefix and itself).
     pub fn attended_keys(&self) -> (u64, u64) {
-        let mut all = 0u64;
-        let mut probes = 0u64;
-        for s in &self.seqs {
-            let n = s.tokens.len() as u64;
-            all += n * (n + 1) / 2;
-            for &(_, prefix) in &s.probes {
-                all += prefix as u64 + 1;
-                probes += prefix as u64 + 1;
-            }
-        }
+        let all = self.positions.iter().map(|&p| p as u64 + 1).sum();
+        let probes = self.probe_rows.iter().map(|&r| self.positions[r as usize] as u64 + 1).sum();
         (all, probes)
     }
 
-    /// `[n_seqs, (n_tokens, n_probes, tokens.., (id, prefix)..)*]`.
+    /// A flat buffer for a broadcast:
+    /// `[rows, segments, probes, tokens.., positions.., (start, len, end).., probe_rows..]`.
     pub fn encode(&self) -> Vec<i64> {
-        let mut out = vec![self.seqs.len() as i64];
-        for s in &self.seqs {
-            out.push(s.tokens.len() as i64);
-            out.push(s.probes.len() as i64);
-            out.extend_from_slice(&s.tokens);
-            out.extend(s.probes.iter().flat_map(|&(id, prefix)| [id, prefix]));
-        }
+        let mut out = Vec::with_capacity(3 + 2 * self.rows() + 3 * self.segments.len() + self.probes());
+        out.extend([self.rows() as i64, self.segments.len() as i64, self.probes() as i64]);
+        out.extend_from_slice(&self.tokens);
+        out.extend_from_slice(&self.positions);
+        out.extend(self.segments.iter().flat_map(|s| [s.start, s.len, s.end]));
+        out.extend_from_slice(&self.probe_rows);
         out
     }
 
+    /// The inverse of [`BatchLayout::encode`], checked with [`BatchLayout::validate`].
     pub fn decode(data: &[i64]) -> Result<BatchLayout, ModelError> {
         let bad = || ModelError::Config("a batch layout buffer is truncated or corrupt".into());
-        let mut it = data.iter().copied();
-        let mut take = |n: i64| -> Result<Vec<i64>, ModelError> {
-            let n = usize::try_from(n).map_err(|_| bad())?;
-            let v: Vec<i64> = it.by_ref().take(n).collect();
-            if v.len() == n {
-                Ok(v)
-            } else {
-                Err(bad())
-            }
-        };
-        let n = take(1)?[0];
-        let mut seqs = Vec::new();
-        for _ in 0..n {
-            let head = take(2)?;
-            let tokens = take(head[0])?;
-            let pairs = take(head[1].checked_mul(2).ok_or_else(bad)?)?;
-            let probes = pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-            seqs.push(LayoutSeq { tokens, probes });
-        }
-        if take(1).is_ok() {
+        let head = data.get(..3).ok_or_else(bad)?;
+        let count = |n: i64| usize::try_from(n).map_err(|_| bad());
+        let (rows, segs, probes) = (count(head[0])?, count(head[1])?, count(head[2])?);
+        let total = segs.checked_mul(3).and_then(|s| s.checked_add(rows.checked_mul(2)?)?.checked_add(probes));
+        if total.and_then(|t| t.checked_add(3)) != Some(data.len()) {
             return Err(bad());
         }
-        Ok(BatchLayout { seqs })
+        let mut rest = &data[3..];
+        let mut take = |n: usize| {
+            let (a, b) = rest.split_at(n);
+            rest = b;
+            a
+        };
+        let layout = BatchLayout {
+            tokens: take(rows).to_vec(),
+            positions: take(rows).to_vec(),
+            segments: take(3 * segs).chunks_exact(3).map(|s| Segment { start: s[0], len: s[1], end: s[2] }).collect(),
+            probe_rows: take(probes).to_vec(),
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    /// The invariants the forward relies on: segments tile the rows in
+    /// depth-first order and nest; a segment's positions continue its parent's;
+    /// read-outs are ascending segment ends.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |what: String| Err(ModelError::Config(format!("invalid batch layout: {what}")));
+        let rows = self.rows() as i64;
+        if self.positions.len() != self.tokens.len() {
+            return bad(format!("{} positions for {} tokens", self.positions.len(), rows));
+        }
+        // Open ancestors: (end, position of the last own row).
+        let mut open: Vec<(i64, i64)> = Vec::new();
+        let mut next = 0i64;
+        for (i, s) in self.segments.iter().enumerate() {
+            while open.last().is_some_and(|&(end, _)| end <= s.start) {
+                open.pop();
+            }
+            if s.start != next || s.len < 1 || s.end < s.start + s.len || s.end > rows {
+                return bad(format!("segment {i} {s:?} does not follow row {next} or overruns {rows} rows"));
+            }
+            if let Some(&(end, _)) = open.last() {
+                if s.end > end {
+                    return bad(format!("segment {i} {s:?} ends after its parent's end {end}"));
+                }
+            }
+            let first = open.last().map_or(0, |&(_, last)| last + 1);
+            let own = &self.positions[s.start as usize..(s.start + s.len) as usize];
+            if own.iter().zip(first..).any(|(&p, want)| p != want) {
+                return bad(format!("segment {i} positions do not continue from {first}"));
+            }
+            open.push((s.end, first + s.len - 1));
+            next = s.start + s.len;
+        }
+        if next != rows {
+            return bad(format!("segments cover {next} of {rows} rows"));
+        }
+        let ends: std::collections::HashSet<i64> = self.segments.iter().map(Segment::last_row).collect();
+        if self.probe_rows.windows(2).any(|w| w[0] >= w[1]) || self.probe_rows.iter().any(|r| !ends.contains(r)) {
+            return bad("read-out rows must be ascending segment ends".into());
+        }
+        Ok(())
     }
 }
 
-impl PackedBatch {
-    /// A layout's batch on `device`.
-    pub fn new(layout: &BatchLayout, device: Device) -> Result<PackedBatch, ModelError> {
-        let inputs: Vec<SeqInput> =
-            layout.seqs.iter().map(|s| SeqInput { tokens: &s.tokens, probes: &s.probes }).collect();
-        Self::pack(&inputs, device)
-    }
+/// A layout on a device, with what attention needs precomputed.
+pub struct PackedBatch {
+    pub input_ids: Tensor,
+    pub positions: Tensor,
+    pub segments: Vec<Segment>,
+    /// Read-out rows in output order.
+    pub probe_rows: Tensor,
+    /// Positions of the read-out rows (their rotary angles).
+    pub probe_positions: Tensor,
+    /// Per segment: the range of read-out indices among its descendants, and
+    /// whether its own last row is a read-out (and which).
+    pub probe_ranges: Vec<(std::ops::Range<i64>, Option<i64>)>,
+    /// Rows of one-row segments (mostly probes): their self-attention is batched.
+    pub single_rows: Tensor,
+    /// Segments with more than one row.
+    pub multi: Vec<usize>,
+    /// One-row segments whose row is a read-out: `(read-out indices, rows)`.
+    pub single_probes: (Tensor, Tensor),
+    /// Longer segments that end in a read-out: `(segment, read-out index)`.
+    pub multi_probes: Vec<(usize, i64)>,
+}
 
-    pub fn pack(seqs: &[SeqInput<'_>], device: Device) -> Result<PackedBatch, ModelError> {
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut probe_rows = Vec::new();
-        let mut groups: Vec<SpanGroup> = Vec::new();
-        let mut masks: Vec<Vec<bool>> = Vec::new(); // per group, `count` masks back to back
-        for seq in seqs {
-            let start = ids.len() as i64;
-            let (real_len, probes) = (seq.tokens.len() as i64, seq.probes.len() as i64);
-            ids.extend_from_slice(seq.tokens);
-            positions.extend(0..real_len);
-            let width = (real_len + probes) as usize;
-            let mut mask = vec![false; probes as usize * width];
-            for (i, &(token, prefix)) in seq.probes.iter().enumerate() {
-                if prefix > real_len {
-                    return Err(ModelError::Config(format!(
-                        "probe prefix {prefix} is past the sequence end {real_len}"
-                    )));
-                }
-                probe_rows.push(start + real_len + i as i64);
-                ids.push(token);
-                positions.push(prefix);
-                mask[i * width..i * width + prefix as usize].fill(true);
-                mask[i * width + real_len as usize + i] = true;
+impl PackedBatch {
+    pub fn new(layout: &BatchLayout, device: Device) -> Result<PackedBatch, ModelError> {
+        layout.validate()?;
+        let probe_index: std::collections::HashMap<i64, i64> =
+            layout.probe_rows.iter().enumerate().map(|(i, &r)| (r, i as i64)).collect();
+        let mut probe_ranges = Vec::with_capacity(layout.segments.len());
+        let (mut single_rows, mut multi) = (Vec::new(), Vec::new());
+        let (mut single_probe_idx, mut single_probe_rows, mut multi_probes) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, s) in layout.segments.iter().enumerate() {
+            let first = layout.probe_rows.partition_point(|&r| r < s.start + s.len) as i64;
+            let last = layout.probe_rows.partition_point(|&r| r < s.end) as i64;
+            let own = probe_index.get(&s.last_row()).copied();
+            probe_ranges.push((first..last, own));
+            if s.len == 1 {
+                single_rows.push(s.start);
+            } else {
+                multi.push(i);
             }
-            match groups.last_mut() {
-                Some(g) if g.real_len == real_len && g.probes == probes => {
-                    g.count += 1;
-                    masks.last_mut().expect("one mask list per group").extend(mask);
+            match own {
+                Some(p) if s.len == 1 => {
+                    single_probe_idx.push(p);
+                    single_probe_rows.push(s.start);
                 }
-                _ => {
-                    groups.push(SpanGroup { start, count: 1, real_len, probes, probe_mask: None });
-                    masks.push(mask);
-                }
+                Some(p) => multi_probes.push((i, p)),
+                None => {}
             }
         }
-        for (group, mask) in groups.iter_mut().zip(masks) {
-            if group.probes > 0 {
-                let shape = [group.count, 1, group.probes, group.width()];
-                group.probe_mask = Some(Tensor::from_slice(&mask).f_view(shape)?.f_to_device(device)?);
-            }
-        }
+        let on = |v: &[i64]| Tensor::from_slice(v).f_to_device(device);
+        let probe_positions: Vec<i64> = layout.probe_rows.iter().map(|&r| layout.positions[r as usize]).collect();
         Ok(PackedBatch {
-            input_ids: Tensor::from_slice(&ids).f_to_device(device)?,
-            positions: Tensor::from_slice(&positions).f_to_device(device)?,
-            groups,
-            probe_rows: Tensor::from_slice(&probe_rows).f_to_device(device)?,
+            input_ids: on(&layout.tokens)?,
+            positions: on(&layout.positions)?,
+            segments: layout.segments.clone(),
+            probe_rows: on(&layout.probe_rows)?,
+            probe_positions: on(&probe_positions)?,
+            probe_ranges,
+            single_rows: on(&single_rows)?,
+            multi,
+            single_probes: (on(&single_probe_idx)?, on(&single_probe_rows)?),
+            multi_probes,
         })
     }
 }
@@ -190,43 +222,48 @@ impl PackedBatch {
 mod tests {
     use super::*;
 
-    #[test]
-    fn groups_sequences_of_one_shape_and_masks_probes() {
-        let a = [1, 2, 3];
-        let b = [4, 5, 6];
-        let c = [7, 8];
-        let probes = [(9, 2), (9, 3)];
-        let seqs = [
-            SeqInput { tokens: &a, probes: &probes },
-            SeqInput { tokens: &b, probes: &probes },
-            SeqInput { tokens: &c, probes: &probes[..1] },
-        ];
-        let batch = PackedBatch::pack(&seqs, Device::Cpu).unwrap();
-        let shapes: Vec<(i64, i64, i64, i64)> =
-            batch.groups.iter().map(|g| (g.start, g.count, g.real_len, g.probes)).collect();
-        assert_eq!(shapes, vec![(0, 2, 3, 2), (10, 1, 2, 1)]);
-        assert_eq!(Vec::<i64>::try_from(&batch.probe_rows).unwrap(), vec![3, 4, 8, 9, 12]);
-        assert_eq!(Vec::<i64>::try_from(&batch.positions).unwrap(), vec![0, 1, 2, 2, 3, 0, 1, 2, 2, 3, 0, 1, 2]);
-        let mask = batch.groups[0].probe_mask.as_ref().unwrap();
-        assert_eq!(mask.size(), vec![2, 1, 2, 5]);
-        // probe 0 sees real tokens 0..2 and itself; probe 1 sees 0..3 and itself
-        let rows = Vec::<bool>::try_from(mask.get(1).flatten(0, -1)).unwrap();
-        assert_eq!(rows, vec![true, true, false, true, false, true, true, true, false, true]);
-        assert!(PackedBatch::pack(&[SeqInput { tokens: &c, probes: &[(9, 5)] }], Device::Cpu).is_err());
+    /// Root [1 2] -> child [3 4] -> probe [9]; root -> probe [9] (both read out).
+    fn layout() -> BatchLayout {
+        BatchLayout {
+            tokens: vec![1, 2, 3, 4, 9, 9],
+            positions: vec![0, 1, 2, 3, 4, 2],
+            segments: vec![
+                Segment { start: 0, len: 2, end: 6 },
+                Segment { start: 2, len: 2, end: 5 },
+                Segment { start: 4, len: 1, end: 5 },
+                Segment { start: 5, len: 1, end: 6 },
+            ],
+            probe_rows: vec![4, 5],
+        }
     }
 
     #[test]
-    fn a_layout_survives_encoding() {
-        let layout = BatchLayout {
-            seqs: vec![
-                LayoutSeq { tokens: vec![1, 2, 3], probes: vec![(9, 2), (9, 3)] },
-                LayoutSeq { tokens: vec![4], probes: vec![(9, 1)] },
-            ],
-        };
-        let data = layout.encode();
-        assert_eq!(BatchLayout::decode(&data).unwrap(), layout);
+    fn a_layout_survives_encoding_and_corruption_is_caught() {
+        let l = layout();
+        let data = l.encode();
+        assert_eq!(BatchLayout::decode(&data).unwrap(), l);
         assert!(BatchLayout::decode(&data[..data.len() - 1]).is_err());
         assert!(BatchLayout::decode(&[data.clone(), vec![0]].concat()).is_err());
-        assert_eq!((layout.rows(), layout.probes()), (7, 3));
+        let mut wrong = l.clone();
+        wrong.positions[5] = 3; // a probe under the root continues from position 1
+        assert!(wrong.validate().unwrap_err().to_string().contains("positions do not continue from 2"));
+        let mut wrong = l.clone();
+        wrong.segments[1].end = 6; // overlaps its sibling
+        assert!(wrong.validate().is_err());
+        let mut wrong = l.clone();
+        wrong.probe_rows = vec![2];
+        assert!(wrong.validate().unwrap_err().to_string().contains("segment ends"));
+        assert_eq!((l.rows(), l.probes(), l.attended_keys()), (6, 2, (1 + 2 + 3 + 4 + 5 + 3, 5 + 3)));
+    }
+
+    #[test]
+    fn precomputes_probe_ranges_and_one_row_segments() {
+        let b = PackedBatch::new(&layout(), Device::Cpu).unwrap();
+        let ranges: Vec<_> = b.probe_ranges.iter().map(|(r, own)| (r.clone(), *own)).collect();
+        assert_eq!(ranges, vec![(0..2, None), (0..1, None), (1..1, Some(0)), (2..2, Some(1))]);
+        assert_eq!(Vec::<i64>::try_from(&b.single_rows).unwrap(), vec![4, 5]);
+        assert_eq!(b.multi, vec![0, 1]);
+        assert_eq!(Vec::<i64>::try_from(&b.single_probes.0).unwrap(), vec![0, 1]);
+        assert_eq!(Vec::<i64>::try_from(&b.probe_positions).unwrap(), vec![4, 2]);
     }
 }

@@ -38,6 +38,12 @@ impl RotaryTable {
 }
 
 impl Rotary {
+    /// The angles of some rows only (`rows` int64 indices into this batch's rows).
+    pub fn rows(&self, rows: &Tensor) -> Rotary {
+        let pick = |t: &Tensor| t.index_select(0, rows);
+        Rotary { cos: pick(&self.cos), sin: pick(&self.sin), rotary_dim: self.rotary_dim }
+    }
+
     /// Rotate `x` of shape `[T, heads, head_dim]`.
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let head_dim = x.size()[2];

@@ -1,0 +1,257 @@
+//! The prefix tree over the scored prefixes of a batch of records, and its cut
+//! into forward batches by a budget of tokens *computed*.
+//!
+//! Every scored prefix (the tokens up to an assistant turn, then its probe
+//! `<extra_id_2>`) is inserted as a path; paths that share tokens share nodes,
+//! so a system header, a GRPO prompt or a conversation history common to many
+//! records is one node, computed once. A node is a run of tokens with no branch
+//! and at most one read-out, its last token. Two probes with the same prefix
+//! are one read-out (computed once, its scores given to both).
+//!
+//! Depth is unbounded: header -> prompt -> responses is three levels, a shared
+//! multi-turn history is one level per shared turn; attention handles any depth
+//! by merging one partial result per ancestor ([`crate::model::attention`]).
+//!
+//! Batches are cut in depth-first order, so records that share a prefix land in
+//! the same batch; when a cut falls inside a subtree, the next batch computes
+//! the ancestors again (counted against its budget).
+
+use std::collections::HashMap;
+
+use crate::model::{BatchLayout, Segment};
+
+/// A read-out of the tree: the node whose last token is scored.
+pub type ReadoutId = usize;
+
+struct Node {
+    tokens: Vec<i64>,
+    /// Position of the first token (its depth on the path from the root).
+    depth: usize,
+    parent: usize,
+    /// Children in insertion order, and by first token.
+    children: Vec<usize>,
+    by_token: HashMap<i64, usize>,
+    readout: bool,
+}
+
+/// A radix tree of token paths. Node 0 is the empty root.
+pub struct PrefixTree {
+    nodes: Vec<Node>,
+}
+
+/// One forward batch cut from the tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedBatch {
+    pub layout: BatchLayout,
+    /// The read-out of each of the layout's probe rows, in order.
+    pub readouts: Vec<ReadoutId>,
+}
+
+impl Default for PrefixTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PrefixTree {
+    pub fn new() -> PrefixTree {
+        let root =
+            Node { tokens: vec![], depth: 0, parent: 0, children: vec![], by_token: HashMap::new(), readout: false };
+        PrefixTree { nodes: vec![root] }
+    }
+
+    /// Insert the path `prefix` + `token` and mark its last token as read out.
+    /// Equal paths give the same id.
+    pub fn insert(&mut self, prefix: &[i64], token: i64) -> ReadoutId {
+        let path: Vec<i64> = prefix.iter().copied().chain([token]).collect();
+        let (mut node, mut i) = (0, 0);
+        while i < path.len() {
+            let Some(&child) = self.nodes[node].by_token.get(&path[i]) else {
+                node = self.add_child(node, path[i..].to_vec(), i);
+                i = path.len();
+                break;
+            };
+            let shared = self.nodes[child].tokens.iter().zip(&path[i..]).take_while(|(a, b)| a == b).count();
+            node = if shared < self.nodes[child].tokens.len() { self.split(child, shared) } else { child };
+            i += shared;
+        }
+        debug_assert_eq!(i, path.len());
+        self.nodes[node].readout = true;
+        node
+    }
+
+    fn add_child(&mut self, parent: usize, tokens: Vec<i64>, depth: usize) -> usize {
+        let id = self.nodes.len();
+        self.nodes[parent].by_token.insert(tokens[0], id);
+        self.nodes[parent].children.push(id);
+        self.nodes.push(Node { tokens, depth, parent, children: vec![], by_token: HashMap::new(), readout: false });
+        id
+    }
+
+    /// Cut `node` after its first `at` tokens: a new node takes the head and
+    /// becomes its parent; `node` keeps the tail, its children and its read-out,
+    /// so read-out ids never change. Returns the head.
+    fn split(&mut self, node: usize, at: usize) -> usize {
+        let head_id = self.nodes.len();
+        let n = &mut self.nodes[node];
+        let tail = n.tokens.split_off(at);
+        let head = Node {
+            tokens: std::mem::replace(&mut n.tokens, tail),
+            depth: n.depth,
+            parent: n.parent,
+            children: vec![node],
+            by_token: HashMap::from([(n.tokens[0], node)]),
+            readout: false,
+        };
+        n.depth += at;
+        n.parent = head_id;
+        let parent = &mut self.nodes[head.parent];
+        parent.by_token.insert(head.tokens[0], head_id);
+        let slot = parent.children.iter().position(|&c| c == node).expect("a child is in its parent's list");
+        parent.children[slot] = head_id;
+        self.nodes.push(head);
+        head_id
+    }
+
+    /// Tokens in the tree: what one batch holding all of it computes.
+    pub fn tokens(&self) -> usize {
+        self.nodes.iter().map(|n| n.tokens.len()).sum()
+    }
+
+    /// Cut the tree into batches of at most `budget` computed tokens (a path
+    /// longer than the budget gets a batch of its own), in depth-first order.
+    pub fn plan(&self, budget: usize) -> Vec<PlannedBatch> {
+        let mut batches = Vec::new();
+        let mut current = BatchBuilder::default();
+        let mut in_batch = vec![usize::MAX; self.nodes.len()];
+        let mut path: Vec<usize> = Vec::new(); // root .. node, root excluded
+        let mut stack: Vec<(usize, usize)> = vec![(0, 0)]; // (node, depth in `path`)
+        while let Some((node, level)) = stack.pop() {
+            path.truncate(level);
+            if node != 0 {
+                path.push(node);
+            }
+            if self.nodes[node].readout {
+                let id = batches.len();
+                let missing: usize =
+                    path.iter().filter(|&&n| in_batch[n] != id).map(|&n| self.nodes[n].tokens.len()).sum();
+                if !current.nodes.is_empty() && current.rows + missing > budget {
+                    batches.push(current.finish(self));
+                    current = BatchBuilder::default();
+                }
+                let id = batches.len();
+                for &n in &path {
+                    if in_batch[n] != id {
+                        in_batch[n] = id;
+                        current.nodes.push(n);
+                        current.rows += self.nodes[n].tokens.len();
+                    }
+                }
+                current.readouts.push(node);
+            }
+            let next = path.len();
+            stack.extend(self.nodes[node].children.iter().rev().map(|&c| (c, next)));
+        }
+        if !current.nodes.is_empty() {
+            batches.push(current.finish(self));
+        }
+        batches
+    }
+}
+
+#[derive(Default)]
+struct BatchBuilder {
+    /// Nodes in depth-first order, closed under ancestors.
+    nodes: Vec<usize>,
+    rows: usize,
+    readouts: Vec<ReadoutId>,
+}
+
+impl BatchBuilder {
+    fn finish(self, tree: &PrefixTree) -> PlannedBatch {
+        let mut layout = BatchLayout::default();
+        let mut open: Vec<(usize, usize)> = Vec::new(); // (node, segment index) on the current path
+        let mut last_row: HashMap<usize, i64> = HashMap::new();
+        for &n in &self.nodes {
+            let node = &tree.nodes[n];
+            let start = layout.tokens.len() as i64;
+            while open.last().is_some_and(|&(o, _)| o != node.parent) {
+                let (_, s) = open.pop().expect("checked non-empty");
+                layout.segments[s].end = start;
+            }
+            layout.tokens.extend_from_slice(&node.tokens);
+            layout.positions.extend((node.depth..node.depth + node.tokens.len()).map(|p| p as i64));
+            let len = node.tokens.len() as i64;
+            layout.segments.push(Segment { start, len, end: start + len });
+            open.push((n, layout.segments.len() - 1));
+            last_row.insert(n, start + len - 1);
+        }
+        let rows = layout.tokens.len() as i64;
+        for (_, s) in open {
+            layout.segments[s].end = rows;
+        }
+        layout.probe_rows = self.readouts.iter().map(|r| last_row[r]).collect();
+        PlannedBatch { layout, readouts: self.readouts }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: i64 = 99;
+
+    #[test]
+    fn shared_prompts_are_one_node_and_equal_paths_one_readout() {
+        let mut tree = PrefixTree::new();
+        let a = tree.insert(&[1, 2, 3, 4], P);
+        let b = tree.insert(&[1, 2, 3, 5, 6], P);
+        let c = tree.insert(&[1, 2, 3, 4], P);
+        let d = tree.insert(&[1, 2], P); // a probe inside the shared prompt
+        assert_eq!(a, c);
+        assert_ne!(a, b);
+        // [1 2] -> {P, [3] -> {[4 P], [5 6 P]}}
+        assert_eq!(tree.tokens(), 2 + 1 + 1 + 2 + 3);
+        let batches = tree.plan(1 << 20);
+        assert_eq!(batches.len(), 1);
+        let l = &batches[0].layout;
+        assert_eq!(l.tokens, vec![1, 2, 3, 4, P, 5, 6, P, P]);
+        assert_eq!(l.positions, vec![0, 1, 2, 3, 4, 3, 4, 5, 2]);
+        l.validate().unwrap();
+        assert_eq!(batches[0].readouts, vec![a, b, d]);
+        assert_eq!(l.probe_rows, vec![4, 7, 8]);
+    }
+
+    #[test]
+    fn a_response_that_is_a_prefix_of_another_reads_out_mid_path() {
+        let mut tree = PrefixTree::new();
+        let long = tree.insert(&[1, 2, 3], 4);
+        let short = tree.insert(&[1, 2], 3); // its read-out token is the long path's third token
+        let l = &tree.plan(100)[0];
+        assert_eq!(l.layout.tokens, vec![1, 2, 3, 4]);
+        assert_eq!(l.readouts, vec![short, long]);
+        assert_eq!(l.layout.probe_rows, vec![2, 3]);
+        l.layout.validate().unwrap();
+    }
+
+    #[test]
+    fn a_cut_inside_a_subtree_repeats_the_ancestors() {
+        let mut tree = PrefixTree::new();
+        for r in 0..4 {
+            tree.insert(&[1, 2, 3, 10 + r, 20 + r], P);
+        }
+        // each path: 3 shared + 3 own; budget 10 takes the prompt and two responses
+        let batches = tree.plan(10);
+        assert_eq!(batches.len(), 2);
+        for b in &batches {
+            b.layout.validate().unwrap();
+            assert_eq!(b.layout.rows(), 9);
+            assert_eq!(&b.layout.tokens[..3], &[1, 2, 3]);
+            assert_eq!(b.readouts.len(), 2);
+        }
+        // a budget below one path still gives every path a batch
+        let tiny = tree.plan(2);
+        assert_eq!(tiny.len(), 4);
+        assert!(tiny.iter().all(|b| b.layout.rows() == 6));
+    }
+}
