@@ -27,7 +27,17 @@ fn write_input(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn annotate(input: &std::path::Path, output: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["annotate", "--model", FIXTURE, "--input", path_str(input), "--output", path_str(output)];
+    let mut args = vec![
+        "annotate",
+        "--model",
+        FIXTURE,
+        "--dtype",
+        "f32",
+        "--input",
+        path_str(input),
+        "--output",
+        path_str(output),
+    ];
     args.extend_from_slice(extra);
     run(&args)
 }

@@ -39,7 +39,7 @@ fn scores_the_embedded_default_model_without_arguments() {
 fn output_matches_the_reference_file_for_each_fixture_record() {
     let cases = expected("tiny-nemotron-rm");
     let input: String = cases.iter().map(|c| format!("{}\n", c["record"])).collect();
-    let out = run_cli(&["score", "--model", &fixture_arg()], &input);
+    let out = run_cli(&["score", "--model", &fixture_arg(), "--dtype", "f32"], &input);
     assert!(out.status.success());
     for (case, line) in cases.iter().zip(json_lines(&out)) {
         for (want, got) in case["turns"].as_array().unwrap().iter().zip(line["turns"].as_array().unwrap()) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::common::ModelArgs;
 use crate::engine::PreparedRecord;
+use crate::model::parse_device;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -67,7 +68,7 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
         "seconds": seconds,
         "useful_tokens_per_s": useful as f64 / seconds,
         "threads": tch::get_num_threads(),
-        "dtype": args.model.dtype,
+        "dtype": args.model.dtype.resolve(parse_device(&args.model.device).map_err(|e| e.to_string())?).0.name(),
     });
     println!("{report}");
     Ok(0)
