@@ -10,7 +10,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::cascade::{as_batch, attend, from_batch, merge_into};
-use super::packed::PackedBatch;
+use super::packed::{PackedBatch, Segment};
 use super::rope::Rotary;
 use super::{Config, ModelError, Weights};
 use crate::parallel::ShardPlan;
@@ -72,13 +72,13 @@ impl Attention {
                 let q = rotary
                     .apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?)
                     .f_to_kind(Kind::Float)?;
-                all_rows(&q, &keys, batch)?
+                all_rows(&q, keys, batch)?
             }
             Rows::Probes => {
                 let xp = x.f_index_select(0, &batch.probe_rows)?;
                 let p = xp.size()[0];
                 let q = xp.f_linear::<&Tensor>(&self.q, None)?.f_view([p, self.heads, d])?;
-                probe_rows(&rotary.rows(&batch.probe_rows).apply(&q).f_to_kind(Kind::Float)?, &keys, batch)?
+                probe_rows(&rotary.rows(&batch.probe_rows).apply(&q).f_to_kind(Kind::Float)?, keys, batch)?
             }
         };
         let n = out.size()[0];
@@ -94,10 +94,6 @@ struct Keys<'a> {
 }
 
 impl Keys<'_> {
-    fn rows(&self, start: i64, len: i64) -> Result<(Tensor, Tensor), ModelError> {
-        Ok((as_batch(&self.k.f_narrow(0, start, len)?)?, as_batch(&self.v.f_narrow(0, start, len)?)?))
-    }
-
     /// One key per batch entry: `[n, kv_heads, 1, d]` for the given rows.
     fn single(&self, rows: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
         Ok((self.k.f_index_select(0, rows)?.f_unsqueeze(2)?, self.v.f_index_select(0, rows)?.f_unsqueeze(2)?))
@@ -105,65 +101,79 @@ impl Keys<'_> {
 }
 
 /// Accumulators for the queried rows: output `[n, heads, d]` and LSE `[n, heads]`, fp32.
-struct Acc {
+struct Acc<'a> {
+    q: &'a Tensor,
+    keys: Keys<'a>,
     out: Tensor,
     lse: Tensor,
 }
 
-impl Acc {
-    fn new(q: &Tensor) -> Result<Acc, ModelError> {
+impl<'a> Acc<'a> {
+    fn new(q: &'a Tensor, keys: Keys<'a>) -> Result<Acc<'a>, ModelError> {
         let s = q.size();
         let opts = (Kind::Float, q.device());
-        Ok(Acc { out: Tensor::f_empty([s[0], s[1], s[2]], opts)?, lse: Tensor::f_empty([s[0], s[1]], opts)? })
+        Ok(Acc { q, keys, out: Tensor::f_empty([s[0], s[1], s[2]], opts)?, lse: Tensor::f_empty([s[0], s[1]], opts)? })
     }
 
-    /// Set rows `start..start + n` to a first part.
-    fn set(&mut self, start: i64, out: &Tensor, lse: &Tensor) -> Result<(), ModelError> {
-        let n = out.size()[0];
-        self.out.f_narrow(0, start, n)?.f_copy_(out)?;
-        self.lse.f_narrow(0, start, n)?.f_copy_(lse)?;
+    /// Query rows `queries` each attend to the one key row `key_rows` (the first
+    /// and only part of a one-row segment): one call for all of them.
+    fn singles(&mut self, queries: &Tensor, key_rows: &Tensor) -> Result<(), ModelError> {
+        if queries.numel() == 0 {
+            return Ok(());
+        }
+        let q = self.q.f_index_select(0, queries)?.f_unsqueeze(2)?;
+        let (k, v) = self.keys.single(key_rows)?;
+        let (out, lse) = attend(&q, &k, &v, false)?;
+        let _ = self.out.f_index_copy_(0, queries, &out.f_squeeze_dim(2)?.f_to_kind(Kind::Float)?)?;
+        let _ = self.lse.f_index_copy_(0, queries, &lse.f_squeeze_dim(2)?)?;
         Ok(())
     }
 
-    /// Set scattered rows to a first part.
-    fn set_rows(&mut self, rows: &Tensor, out: &Tensor, lse: &Tensor) -> Result<(), ModelError> {
-        let _ = self.out.f_index_copy_(0, rows, &out.f_to_kind(Kind::Float)?)?;
-        let _ = self.lse.f_index_copy_(0, rows, lse)?;
-        Ok(())
-    }
-
-    fn merge(&mut self, start: i64, out: &Tensor, lse: &Tensor) -> Result<(), ModelError> {
-        let n = out.size()[0];
-        merge_into(&mut self.out.f_narrow(0, start, n)?, &mut self.lse.f_narrow(0, start, n)?, out, lse)?;
+    /// Query rows `first..first + n` attend to segment `s`'s keys: their first
+    /// part (`Part::Own`, causal when they are the segment's own rows) or one
+    /// more merged in (`Part::Ancestor`).
+    fn segment(&mut self, s: Segment, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
+        let (k, v) = (
+            as_batch(&self.keys.k.f_narrow(0, s.start, s.len)?)?,
+            as_batch(&self.keys.v.f_narrow(0, s.start, s.len)?)?,
+        );
+        let q = as_batch(&self.q.f_narrow(0, first, n)?)?;
+        let (out, lse) = attend(&q, &k, &v, part == Part::OwnCausal)?;
+        let (out, lse) = from_batch(&out, &lse)?;
+        let (mut acc_out, mut acc_lse) = (self.out.f_narrow(0, first, n)?, self.lse.f_narrow(0, first, n)?);
+        if part == Part::Ancestor {
+            merge_into(&mut acc_out, &mut acc_lse, &out, &lse)?;
+        } else {
+            acc_out.f_copy_(&out)?;
+            acc_lse.f_copy_(&lse)?;
+        }
         Ok(())
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The segment's own rows, causally: the first part.
+    OwnCausal,
+    /// A read-out that ends the segment sees all of it: the first part.
+    OwnLast,
+    /// Descendant rows see all of an ancestor: merged in.
+    Ancestor,
+}
+
 /// Every row: own segment causally, then every ancestor's keys merged in.
-fn all_rows(q: &Tensor, keys: &Keys, batch: &PackedBatch) -> Result<Tensor, ModelError> {
-    let mut acc = Acc::new(q)?;
-    if batch.single_rows.numel() > 0 {
-        // One-row segments attend only to themselves: one call for all of them.
-        let qs = q.f_index_select(0, &batch.single_rows)?.f_unsqueeze(2)?;
-        let (k, v) = keys.single(&batch.single_rows)?;
-        let (out, lse) = attend(&qs, &k, &v, false)?;
-        acc.set_rows(&batch.single_rows, &out.f_squeeze_dim(2)?, &lse.f_squeeze_dim(2)?)?;
-    }
+fn all_rows(q: &Tensor, keys: Keys, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+    let mut acc = Acc::new(q, keys)?;
+    acc.singles(&batch.single_rows, &batch.single_rows)?;
     for &i in &batch.multi {
         let s = batch.segments[i];
-        let (k, v) = keys.rows(s.start, s.len)?;
-        let (out, lse) = from_batch_pair(attend(&as_batch(&q.f_narrow(0, s.start, s.len)?)?, &k, &v, true)?)?;
-        acc.set(s.start, &out, &lse)?;
+        acc.segment(s, s.start, s.len, Part::OwnCausal)?;
     }
     for s in &batch.segments {
         let below = s.descendants();
-        if below.is_empty() {
-            continue;
+        if !below.is_empty() {
+            acc.segment(*s, below.start, below.end - below.start, Part::Ancestor)?;
         }
-        let (k, v) = keys.rows(s.start, s.len)?;
-        let qd = as_batch(&q.f_narrow(0, below.start, below.end - below.start)?)?;
-        let (out, lse) = from_batch_pair(attend(&qd, &k, &v, false)?)?;
-        acc.merge(below.start, &out, &lse)?;
     }
     Ok(acc.out)
 }
@@ -171,33 +181,16 @@ fn all_rows(q: &Tensor, keys: &Keys, batch: &PackedBatch) -> Result<Tensor, Mode
 /// Read-out rows only (`q` is theirs, `[probes, heads, d]`): each attends to its
 /// own segment (it is the segment's last row, so that is all of it) and merges
 /// in every ancestor's keys.
-fn probe_rows(q: &Tensor, keys: &Keys, batch: &PackedBatch) -> Result<Tensor, ModelError> {
-    let mut acc = Acc::new(q)?;
-    let (index, rows) = &batch.single_probes;
-    if index.numel() > 0 {
-        let qs = q.f_index_select(0, index)?.f_unsqueeze(2)?;
-        let (k, v) = keys.single(rows)?;
-        let (out, lse) = attend(&qs, &k, &v, false)?;
-        acc.set_rows(index, &out.f_squeeze_dim(2)?, &lse.f_squeeze_dim(2)?)?;
-    }
+fn probe_rows(q: &Tensor, keys: Keys, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+    let mut acc = Acc::new(q, keys)?;
+    acc.singles(&batch.single_probes.0, &batch.single_probes.1)?;
     for &(i, p) in &batch.multi_probes {
-        let s = batch.segments[i];
-        let (k, v) = keys.rows(s.start, s.len)?;
-        let (out, lse) = from_batch_pair(attend(&as_batch(&q.f_narrow(0, p, 1)?)?, &k, &v, false)?)?;
-        acc.set(p, &out, &lse)?;
+        acc.segment(batch.segments[i], p, 1, Part::OwnLast)?;
     }
     for (s, (below, _)) in batch.segments.iter().zip(&batch.probe_ranges) {
-        if below.is_empty() {
-            continue;
+        if !below.is_empty() {
+            acc.segment(*s, below.start, below.end - below.start, Part::Ancestor)?;
         }
-        let (k, v) = keys.rows(s.start, s.len)?;
-        let qd = as_batch(&q.f_narrow(0, below.start, below.end - below.start)?)?;
-        let (out, lse) = from_batch_pair(attend(&qd, &k, &v, false)?)?;
-        acc.merge(below.start, &out, &lse)?;
     }
     Ok(acc.out)
-}
-
-fn from_batch_pair((out, lse): (Tensor, Tensor)) -> Result<(Tensor, Tensor), ModelError> {
-    Ok(from_batch(&out, &lse)?)
 }

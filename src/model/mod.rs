@@ -53,14 +53,6 @@ impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> ModelError {
         ModelError::Io { path: path.to_path_buf(), source }
     }
-
-    /// Attach the file a configuration problem was found in.
-    pub fn in_file(self, file: &Path) -> ModelError {
-        match self {
-            ModelError::Config(message) => ModelError::InFile { file: file.to_path_buf(), message },
-            other => other,
-        }
-    }
 }
 
 /// Parse `cpu`, `cuda` or `cuda:N`, and make sure a requested GPU really exists.
