@@ -48,6 +48,7 @@ fn absurd_options_are_refused_naming_the_option_and_its_range() {
 }
 
 /// Run the binary and measure its peak resident memory (wait4's rusage).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives the rusage
 fn run_measured(args: &[&str], stdin: Vec<u8>) -> (std::process::Output, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reward-worker"))
         .args(args)

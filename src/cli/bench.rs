@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::common::{self, ModelArgs};
 use crate::engine::PreparedRecord;
-use crate::files::{self, lines::record_line_limit, LineReader};
+use crate::files::{self, lines::record_line_limit, output, LineReader};
 use crate::model::parse_device;
 
 #[derive(Args, Debug)]
@@ -71,6 +71,8 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
         "threads": tch::get_num_threads(),
         "dtype": args.model.dtype.resolve(parse_device(&args.model.device).map_err(|e| e.to_string())?).0.name(),
     });
-    println!("{report}");
+    // Not println!, which panics when stdout is a closed pipe.
+    output::write_file("report", std::path::Path::new("-"), format!("{report}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     Ok(0)
 }

@@ -341,8 +341,7 @@ fn merge(target: &mut Value, extra: Value) {
 }
 
 fn write_plan(plan: OutputPlan, bytes: &[u8]) -> Result<(), String> {
-    let mut out = plan.open().map_err(|e| e.to_string())?;
-    out.write_all(bytes).and_then(|_| out.commit()).map_err(|e| e.to_string())
+    plan.write_all(bytes).map_err(|e| e.to_string())
 }
 
 /// Write a small output (`-` = stdout) safely: temporary file + rename.

@@ -85,6 +85,15 @@ impl OutputPlan {
         !matches!(self.target, Target::Replace(_))
     }
 
+    /// Open, write `bytes` and commit (a closed pipe ends it quietly).
+    pub fn write_all(self, bytes: &[u8]) -> Result<(), FileError> {
+        let mut out = self.open()?;
+        match out.write_all(bytes).and_then(|_| out.commit()) {
+            Err(e) if e.is_closed_pipe() => Ok(()),
+            other => other,
+        }
+    }
+
     pub fn open(self) -> Result<SafeOutput, FileError> {
         let name = display(&self.path, false);
         let err = |source| FileError::Open { what: self.what, path: name.clone(), source };
@@ -207,11 +216,10 @@ impl Drop for SafeOutput {
     }
 }
 
-/// Write a whole small output (a report, a plot, a state file) safely.
+/// Write a whole small output (a report, a plot, a state file) safely. A
+/// closed pipe is not an error: its reader did not want the rest.
 pub fn write_file(what: &'static str, path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    let mut out = OutputPlan::check(what, path)?.open()?;
-    out.write_all(bytes)?;
-    out.commit()
+    OutputPlan::check(what, path)?.write_all(bytes)
 }
 
 #[cfg(test)]
