@@ -12,7 +12,7 @@
 
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::files::FileError;
 
@@ -40,6 +40,12 @@ pub struct Outcome<W> {
     pub read: Option<Result<(), String>>,
     pub work: Result<(), String>,
     pub written: Result<W, FileError>,
+    /// How long the model side waited for the reader: near zero when reading
+    /// and tokenising keep up with the model.
+    pub waited: Duration,
+    /// How long the reader worked (read, parse, tokenise; not blocked on a full
+    /// channel), when it was waited for: the time the overlap hides.
+    pub read_busy: Option<Duration>,
 }
 
 impl<W> Outcome<W> {
@@ -74,7 +80,16 @@ where
     let (out_tx, out_rx) = sync_channel::<O>(1);
     let reader = thread::Builder::new()
         .name("reader".into())
-        .spawn(move || read(&mut |chunk| chunk_tx.send(chunk).is_ok()))
+        .spawn(move || {
+            let (started, mut blocked) = (Instant::now(), Duration::ZERO);
+            let result = read(&mut |chunk| {
+                let at = Instant::now();
+                let sent = chunk_tx.send(chunk).is_ok();
+                blocked += at.elapsed();
+                sent
+            });
+            (result, started.elapsed().saturating_sub(blocked))
+        })
         .expect("cannot start the reader thread");
     let writer = thread::Builder::new()
         .name("writer".into())
@@ -82,10 +97,14 @@ where
         .expect("cannot start the writer thread");
     let mut worked = Ok(());
     let mut ended = true;
+    let mut waited = Duration::ZERO;
     loop {
         // Wake up now and then to notice a writer that stopped while the
         // reader waits on a stream that has nothing to say.
-        let chunk = match chunk_rx.recv_timeout(WRITER_CHECK) {
+        let asked = Instant::now();
+        let received = chunk_rx.recv_timeout(WRITER_CHECK);
+        waited += asked.elapsed();
+        let chunk = match received {
             Ok(chunk) => chunk,
             Err(RecvTimeoutError::Timeout) if writer.is_finished() => {
                 ended = false;
@@ -110,7 +129,13 @@ where
         }
     }
     drop(chunk_rx);
-    let read = if ended { Some(join(reader)) } else { None };
+    let (read, read_busy) = match ended {
+        true => {
+            let (result, busy) = join(reader);
+            (Some(result), Some(busy))
+        }
+        false => (None, None),
+    };
     if matches!(read, Some(Ok(()))) {
         match work(Next::End) {
             Ok(Some(out)) => {
@@ -122,7 +147,7 @@ where
         }
     }
     drop(out_tx);
-    Outcome { read, work: worked, written: join(writer) }
+    Outcome { read, work: worked, written: join(writer), waited, read_busy }
 }
 
 fn join<T>(handle: thread::JoinHandle<T>) -> T {

@@ -102,6 +102,7 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
         move |chunks| write_chunks(chunks, output),
     );
     let status = if counts.failed > 0 { 1 } else { 0 };
+    let (waited, read_busy) = (outcome.waited.as_secs_f64(), outcome.read_busy.unwrap_or_default().as_secs_f64());
     match outcome.finish() {
         Err(Stop::ClosedPipe) => {
             tracing::debug!(records = counts.records, "the output was closed by its reader: stopping");
@@ -116,7 +117,19 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
     args.reward.save_running_state(&mut pipeline)?;
     let seconds = started.elapsed().as_secs_f64();
     let Counts { records, failed, tokens } = counts;
-    tracing::info!(records, failed, tokens, seconds, tokens_per_s = tokens as f64 / seconds, "scored");
+    let tokens_per_s = tokens as f64 / seconds;
+    // Overlap: `reader_busy_s` of reading and tokenising ran beside the model,
+    // which waited `model_waited_s` for it.
+    tracing::info!(
+        records,
+        failed,
+        tokens,
+        seconds,
+        tokens_per_s,
+        reader_busy_s = read_busy,
+        model_waited_s = waited,
+        "scored"
+    );
     Ok(status)
 }
 
