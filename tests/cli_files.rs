@@ -91,6 +91,18 @@ fn a_failed_run_leaves_the_earlier_output_and_no_temporary_file() {
     assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
     std::fs::remove_file(&empty).unwrap();
     assert_eq!(std::fs::read_to_string(&prev).unwrap(), "earlier results\n");
+    // A model whose config reads but whose weights do not load: annotate creates
+    // no output and leaves an existing one as it was.
+    let broken = copy_model("tiny-nemotron-rm");
+    std::fs::write(broken.path().join("model.safetensors"), b"not a checkpoint").unwrap();
+    for output in [dir.join("new.jsonl"), prev.clone()] {
+        let args = ["annotate", "--model", path_str(broken.path()), "--input", path_str(&input)];
+        let out = run(&[&args[..], &["--output", path_str(&output), "--overwrite"]].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("not a valid safetensors file"), "{}", stderr(&out));
+    }
+    assert_eq!(names(&dir), before, "no output created");
+    assert_eq!(std::fs::read_to_string(&prev).unwrap(), "earlier results\n");
 
     // A write error on a regular file (here a file-size limit of 4 KiB, where a
     // full disk would give ENOSPC) ends the run with exit 2, nothing replaced.

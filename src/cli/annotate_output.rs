@@ -34,6 +34,9 @@ enum Kind {
     Stream(Box<dyn Write + Send>),
     /// A regular file, locked while it is open.
     Locked(File),
+    /// No file yet: created (and locked) by `start`, once the model has loaded,
+    /// so a run that cannot start leaves nothing behind.
+    New(std::path::PathBuf),
 }
 
 pub struct AnnotateOutput {
@@ -50,6 +53,8 @@ impl AnnotateOutput {
         } else if stream {
             let err = |source| FileError::Open { what: "output", path: name.clone(), source };
             Kind::Stream(Box::new(std::fs::OpenOptions::new().write(true).open(path).map_err(err)?))
+        } else if !path.exists() {
+            Kind::New(path.to_path_buf())
         } else {
             Kind::Locked(lock::open_locked("output", path)?)
         };
@@ -103,21 +108,26 @@ impl AnnotateOutput {
     /// ready to append; a stream is left as it is.
     pub fn start(self, kept: &Kept, overwrite: bool) -> Result<LineWriter, FileError> {
         let name = self.name;
-        let err = |source| FileError::Write { what: "output", path: name.clone(), source };
-        let (out, file): (Box<dyn Write + Send>, Option<File>) = match self.kind {
-            Kind::Stream(w) => (w, None),
-            Kind::Locked(mut file) => {
-                if overwrite {
-                    file.set_len(0).map_err(err)?;
-                } else if kept.partial {
-                    tracing::warn!(line = kept.lines + 1, "dropping the partial last line of the output");
-                    file.set_len(kept.end).map_err(err)?;
-                }
-                file.seek(SeekFrom::End(0)).map_err(err)?;
-                (Box::new(file.try_clone().map_err(err)?), Some(file))
-            }
+        let writer = |out: Box<dyn Write + Send>, lock| LineWriter {
+            out: BufWriter::with_capacity(1 << 16, out),
+            name: name.clone(),
+            lock,
         };
-        Ok(LineWriter { out: BufWriter::with_capacity(1 << 16, out), name, lock: file })
+        let mut file = match self.kind {
+            Kind::Stream(out) => return Ok(writer(out, None)),
+            Kind::New(path) => lock::open_locked("output", &path)?,
+            Kind::Locked(file) => file,
+        };
+        let err = |source| FileError::Write { what: "output", path: name.clone(), source };
+        if overwrite {
+            file.set_len(0).map_err(err)?;
+        } else if kept.partial {
+            tracing::warn!(line = kept.lines + 1, "dropping the partial last line of the output");
+            file.set_len(kept.end).map_err(err)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(err)?;
+        let out = Box::new(file.try_clone().map_err(err)?);
+        Ok(writer(out, Some(file)))
     }
 }
 
