@@ -24,6 +24,9 @@
 //!   normalisation (none, fixed, running, batch, group), clip; SteerLM labels.
 //! - [`preference`]: preference pairs, the attribute cache, RewardBench
 //!   section accuracy and the Bradley-Terry fit of attribute weights.
+//! - [`files`]: how every command handles files and lines: outputs replaced
+//!   safely (temp file + rename), same-file checks by device and inode, byte
+//!   lines with a size limit, the exclusive lock of an appended output.
 //! - [`cli`]: the `reward-worker` command line (`main.rs` only calls it).
 
 pub mod batching;
@@ -31,6 +34,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod model;
 pub mod parallel;
 pub mod preference;

@@ -135,12 +135,13 @@ fn annotate_resumes_after_a_kill_to_the_same_file() {
     std::fs::write(&resumed, b"garbage\n").unwrap();
     annotate(&input, &resumed, &["--overwrite"]);
     assert_eq!(std::fs::read(&resumed).unwrap(), whole);
-    // An output longer than the input is refused, not appended to.
+    // An output longer than the input is refused, not appended to or cut.
     let long = dir.join("long.jsonl");
-    let text = "x\n".repeat(8) + "partial";
+    let mut text = whole.clone();
+    text.extend_from_slice(b"x\npartial");
     std::fs::write(&long, &text).unwrap();
     let out = annotate(&input, &long, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("has 8 lines but input"), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(&long).unwrap(), text, "left untouched");
+    assert_eq!(std::fs::read(&long).unwrap(), text, "left untouched");
 }

@@ -5,10 +5,19 @@
 mod common;
 
 use common::*;
-use reward_worker::preference::pairs::pair_key;
+use reward_worker::config::DType;
+use reward_worker::engine::{ModelSource, ScoreOptions};
+use reward_worker::files::fingerprint::model_fingerprint;
+use reward_worker::preference::pairs::{pair_key, scoring_identity};
 use serde_json::{json, Value};
 
 const DEMO: &str = "reward-worker-demo";
+
+/// What `eval` scores the demo model's pairs with by default (part of every cache key).
+fn demo_scoring() -> String {
+    let dtype = DType::Auto.resolve(tch::Device::Cpu).0;
+    scoring_identity(&model_fingerprint(&ModelSource::EmbeddedDemo).unwrap(), dtype, ScoreOptions::default())
+}
 
 /// `(subset, chosen helpfulness, rejected helpfulness)`; with the
 /// `helpfulness` preset the reward is exactly that number.
@@ -46,7 +55,7 @@ fn prepared(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
             continue;
         };
         let (_, c, r) = PAIRS[if index == 0 { 0 } else { index - 1 }];
-        let key = pair_key(DEMO, v.get("prompt"), &v["chosen"], rejected);
+        let key = pair_key(&demo_scoring(), v.get("prompt"), &v["chosen"], rejected);
         cache += &format!(
             "{}\n",
             json!({"index": index, "key": key, "model": DEMO, "subset": v["subset"],

@@ -121,7 +121,7 @@ fn tune_weights_reports_bad_cache_lines_and_fits_the_rest() {
     assert_eq!(skipped.len(), 3, "{skipped:?}");
     assert!(skipped[0].starts_with("line 3: `chosen` has 10 values"), "{skipped:?}");
     assert!(skipped[1].starts_with("line 4: `rejected`[5] (correctness) is null, not a finite number"), "{skipped:?}");
-    assert!(skipped[2].starts_with("line 5: invalid JSON") && skipped[2].contains("NaN"), "{skipped:?}");
+    assert!(skipped[2].starts_with("line 5: invalid_json") && skipped[2].contains("NaN"), "{skipped:?}");
     assert_eq!(report["fit"]["pairs"], 297);
 }
 

@@ -1,13 +1,13 @@
 //! `reward-worker bench`: time scoring of a workload, model load and tokenisation excluded.
 
 use clap::Args;
-use serde_json::{json, Value};
-use std::io::BufRead;
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::common::ModelArgs;
+use super::common::{self, ModelArgs};
 use crate::engine::PreparedRecord;
+use crate::files::{self, lines::record_line_limit, output, LineReader};
 use crate::model::parse_device;
 
 #[derive(Args, Debug)]
@@ -17,23 +17,24 @@ pub struct BenchArgs {
     /// JSONL workload (records as for `score`).
     #[arg(long)]
     pub input: PathBuf,
-    /// Untimed runs before timing.
-    #[arg(long, default_value_t = 1)]
+    /// Untimed runs before timing, 0..=1000.
+    #[arg(long, default_value_t = 1, value_parser = |s: &str| common::in_range(s, 0, 1000).map(|n| n as usize))]
     pub warmup: usize,
-    /// Timed runs; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Timed runs, 1..=1000; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = |s: &str| common::in_range(s, 1, 1000).map(|n| n as usize))]
     pub repeat: usize,
 }
 
 pub fn run(args: BenchArgs) -> Result<i32, String> {
+    let input = files::open_input("input", &args.input).map_err(|e| e.to_string())?;
     let scorer = args.model.load()?;
-    let file =
-        std::fs::File::open(&args.input).map_err(|e| format!("cannot open input {}: {e}", args.input.display()))?;
+    // A workload is read whole (it is timed in memory), as bytes per line with the model's limit.
+    let limit = record_line_limit(scorer.context(), args.model.truncate, 1);
+    let mut lines = LineReader::new(input, limit);
     let mut prepared = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
-        let record: Value = serde_json::from_str(&line).map_err(|e| format!("line {}: invalid JSON: {e}", i + 1))?;
-        prepared.push(scorer.prepare(&record, args.model.options()).map_err(|e| format!("line {}: {e}", i + 1))?);
+    while let Some(line) = lines.next_line().map_err(|e| format!("cannot read {}: {e}", args.input.display()))? {
+        let record = line.json(limit).map_err(|e| e.to_string())?;
+        prepared.push(scorer.prepare(&record, args.model.options()).map_err(|e| format!("line {}: {e}", line.number))?);
     }
     let records: Vec<&PreparedRecord> = prepared.iter().collect();
     let mut times = Vec::with_capacity(args.repeat);
@@ -70,6 +71,8 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
         "threads": tch::get_num_threads(),
         "dtype": args.model.dtype.resolve(parse_device(&args.model.device).map_err(|e| e.to_string())?).0.name(),
     });
-    println!("{report}");
+    // Not println!, which panics when stdout is a closed pipe.
+    output::write_file("report", std::path::Path::new("-"), format!("{report}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     Ok(0)
 }

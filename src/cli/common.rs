@@ -1,11 +1,45 @@
-//! Options shared by the subcommands that load a model.
+//! Options shared by the subcommands that load a model, and the ranges every
+//! numeric option is held to: 0 and absurd values are refused by clap (exit
+//! status 2) with a message that names the option and its range.
 
 use clap::Args;
 use std::path::PathBuf;
 
 use crate::chat::Truncate;
+use crate::config::Config;
 use crate::engine::{ModelSource, ScoreOptions, Scorer};
+use crate::files::lines::{record_line_limit, MAX_LINE_BYTES};
 use crate::model::{parse_device, DType};
+
+/// Records (or pairs) read and scored together.
+pub const MAX_CHUNK: u64 = 1 << 16;
+/// Tokens in one forward batch: far beyond any device's memory for these models.
+pub const MAX_BATCH_TOKENS: u64 = 1 << 24;
+pub const MAX_THREADS: u64 = 1024;
+
+/// An integer in `lo..=hi`, for clap's `value_parser`.
+pub fn in_range(text: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("must be an integer in {lo}..={hi}")),
+    }
+}
+
+pub fn chunk(text: &str) -> Result<usize, String> {
+    in_range(text, 1, MAX_CHUNK).map(|n| n as usize)
+}
+
+pub fn batch_tokens(text: &str) -> Result<usize, String> {
+    in_range(text, 1, MAX_BATCH_TOKENS).map(|n| n as usize)
+}
+
+pub fn threads(text: &str) -> Result<i32, String> {
+    in_range(text, 1, MAX_THREADS).map(|n| n as i32)
+}
+
+pub fn max_line_bytes(text: &str) -> Result<usize, String> {
+    in_range(text, 64, MAX_LINE_BYTES as u64).map(|n| n as usize)
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -25,11 +59,11 @@ pub struct ModelArgs {
     /// Pipeline-parallel stages.
     #[arg(long, default_value_t = 1)]
     pub pp: usize,
-    /// CPU threads for the model (default: libtorch's choice).
-    #[arg(long)]
+    /// CPU threads for the model, 1..=1024 (default: libtorch's choice).
+    #[arg(long, value_parser = threads)]
     pub threads: Option<i32>,
-    /// Most tokens in one forward batch.
-    #[arg(long, default_value_t = 8192)]
+    /// Most tokens in one forward batch, 1..=16777216.
+    #[arg(long, default_value_t = 8192, value_parser = batch_tokens)]
     pub batch_tokens: usize,
     /// Over-long conversations: `none` fails the record, `left` drops the oldest turns.
     #[arg(long, value_enum, default_value = "none")]
@@ -40,6 +74,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        ModelSource::from_arg(self.model.as_deref())
+    }
+
     pub fn load(&self) -> Result<Scorer, String> {
         if self.tp != 1 || self.pp != 1 {
             return Err(format!(
@@ -47,18 +85,12 @@ impl ModelArgs {
                 self.tp, self.pp
             ));
         }
-        if self.batch_tokens == 0 {
-            return Err("--batch-tokens must be at least 1".into());
-        }
         if let Some(n) = self.threads {
-            if n < 1 {
-                return Err("--threads must be at least 1".into());
-            }
             tch::set_num_threads(n);
         }
         let device = parse_device(&self.device).map_err(|e| e.to_string())?;
         let dtype = self.resolved_dtype(device);
-        let source = ModelSource::from_arg(self.model.as_deref());
+        let source = self.source();
         let started = std::time::Instant::now();
         let scorer = Scorer::load(&source, dtype, device).map_err(|e| format!("cannot load the model: {e}"))?;
         tracing::info!(model = %scorer.name, dtype = dtype.name(), device = %self.device,
@@ -82,5 +114,46 @@ impl ModelArgs {
 
     pub fn options(&self) -> ScoreOptions {
         ScoreOptions { truncate: self.truncate, use_record_system: self.use_record_system }
+    }
+
+    /// The model's context (`max_position_embeddings`), from its `config.json`
+    /// alone: known before the model is loaded (or when it never is).
+    pub fn context(&self) -> Result<usize, String> {
+        let config = match &self.model {
+            Some(dir) if !dir.is_dir() => {
+                return Err(format!("cannot load the model: model directory {} does not exist", dir.display()))
+            }
+            Some(dir) => Config::from_file(&dir.join("config.json")).map_err(|e| e.to_string()),
+            None => ModelSource::EmbeddedDemo.load().map(|(c, _, _)| c).map_err(|e| e.to_string()),
+        };
+        let config = config.map_err(|e| format!("cannot load the model: {e}"))?;
+        Ok(config.max_position_embeddings.max(1) as usize)
+    }
+
+    /// The model's files, which no output may overwrite.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let Some(dir) = &self.model else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()
+    }
+}
+
+/// The byte limit of an input line.
+#[derive(Args, Debug, Clone)]
+pub struct LineArgs {
+    /// Longest input line in bytes, 64..=1073741824; a longer line is a per-record
+    /// error and is never tokenised. Default: from the model's context (64 bytes
+    /// per token + 64 KiB; 16 contexts with --truncate left).
+    #[arg(long, value_parser = max_line_bytes)]
+    pub max_line_bytes: Option<usize>,
+}
+
+impl LineArgs {
+    /// The limit for a line holding `records` conversations (a preference pair holds three).
+    pub fn limit(&self, model: &ModelArgs, records: usize) -> Result<usize, String> {
+        match self.max_line_bytes {
+            Some(n) => Ok(n),
+            None => Ok(record_line_limit(model.context()?, model.truncate, records)),
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! The `reward-worker` command line.
 
 mod annotate;
+mod annotate_output;
 mod bench;
 mod common;
 mod eval;
+mod overlap;
 mod progress;
 mod reward_args;
 mod score;
@@ -34,6 +36,7 @@ pub enum Command {
 
 /// Exit status: 0 all good, 1 some records failed, 2 the run could not start or finish.
 pub fn run(cli: Cli) -> i32 {
+    crate::files::ignore_file_size_signal();
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Bench(args) => bench::run(args),

@@ -178,8 +178,8 @@ impl RewardArgs {
             return Ok(());
         };
         let stats = pipeline.advance();
-        let text = serde_json::to_string_pretty(stats).expect("stats serialise: this is a bug");
-        std::fs::write(path, text + "\n").map_err(|e| format!("cannot write running state {}: {e}", path.display()))
+        let text = serde_json::to_string_pretty(stats).expect("stats serialise: this is a bug") + "\n";
+        crate::files::output::write_file("running state", path, text.as_bytes()).map_err(|e| e.to_string())
     }
 }
 

@@ -7,13 +7,16 @@
 
 use clap::Args;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
-use super::common::ModelArgs;
+use super::common::{self, LineArgs, ModelArgs};
+use super::overlap::{self, Next, Stop};
 use super::reward_args::RewardArgs;
 use crate::chat::RecordError;
-use crate::engine::{PreparedRecord, RecordScores, Scorer};
+use crate::engine::{PreparedRecord, Preparer, RecordScores, ScoreOptions, Scorer};
+use crate::files::{self, check_distinct, FileRole, LineReader, OutputPlan, SafeOutput};
 use crate::reward::{
     Normalize, RewardBatch, RewardInput, RewardOutput, RewardOverride, RewardPipeline, ATTRIBUTES, HELPSTEER_ATTRIBUTES,
 };
@@ -24,14 +27,16 @@ pub struct ScoreArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub reward: RewardArgs,
+    #[command(flatten)]
+    pub lines: LineArgs,
     /// JSONL input, `-` for stdin.
     #[arg(long, default_value = "-")]
     pub input: PathBuf,
     /// JSONL output, `-` for stdout.
     #[arg(long, default_value = "-")]
     pub output: PathBuf,
-    /// Records read and scored together (their sequences are then batched by --batch-tokens).
-    #[arg(long, default_value_t = 256)]
+    /// Records read and scored together, 1..=65536 (their sequences are then batched by --batch-tokens).
+    #[arg(long, default_value_t = 256, value_parser = common::chunk)]
     pub chunk: usize,
 }
 
@@ -44,72 +49,145 @@ struct Scored {
 type Row = (usize, Result<Scored, RecordError>);
 /// An output line (with its token count) or the record's error.
 type OutLine = (usize, Result<(Value, usize), RecordError>);
-type Prepared = (usize, Result<(PreparedRecord, Option<String>), RecordError>);
+/// A chunk on its way from the reader to the model: each line's prepared
+/// record and group, or its error, by 0-based line index.
+type Prepared = Vec<(usize, Result<(PreparedRecord, Option<String>), RecordError>)>;
+
+#[derive(Debug, Default)]
+struct Counts {
+    records: usize,
+    failed: usize,
+    tokens: usize,
+}
 
 pub fn run(args: ScoreArgs) -> Result<i32, String> {
+    // Everything is validated (options, inputs, the model) before the output is opened.
     let mut pipeline = args.reward.build()?;
     let whole_input = pipeline.needs_whole_batch();
-    let input = open_input(&args.input)?;
-    let mut output = open_output(&args.output)?;
+    let needs_group = matches!(pipeline.config().normalize, Normalize::Group { .. });
+    let limit = args.lines.limit(&args.model, 1)?;
+    check_files(&args)?;
+    let plan = OutputPlan::check("output", &args.output).map_err(|e| e.to_string())?;
+    let input = files::open_input("input", &args.input).map_err(|e| e.to_string())?;
     let scorer = args.model.load()?;
+    let output = plan.open().map_err(|e| e.to_string())?;
 
     let started = std::time::Instant::now();
-    let (mut lines, mut failed, mut tokens) = (0usize, 0usize, 0usize);
+    let read = read_chunks(
+        LineReader::new(input, limit),
+        scorer.preparer(),
+        args.model.options(),
+        needs_group,
+        args.chunk,
+        files::display(&args.input, true),
+    );
+    let mut counts = Counts::default();
     let mut held: Vec<Row> = Vec::new();
-    let mut chunk: Vec<(usize, Result<Value, RecordError>)> = Vec::with_capacity(args.chunk.max(1));
-    let mut write = |rows: Vec<Row>, pipeline: &mut RewardPipeline| -> Result<(), String> {
-        for (index, line) in reward_lines(rows, pipeline)? {
-            match line {
-                Ok((value, n)) => {
-                    tokens += n;
-                    writeln!(output, "{value}")
+    let batch_tokens = args.model.batch_tokens;
+    let outcome = overlap::run(
+        read,
+        |next| match next {
+            Next::Chunk(chunk) => {
+                let rows = score_chunk(&scorer, chunk, batch_tokens);
+                counts.records += rows.len();
+                if whole_input {
+                    held.extend(rows);
+                    return Ok(None);
                 }
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(index, code = e.code, "{}", e.message);
-                    writeln!(output, "{}", json!({"index": index, "error": e}))
-                }
+                render(rows, &mut pipeline, &mut counts).map(Some)
             }
-            .map_err(|e| format!("cannot write output: {e}"))?;
+            Next::End if whole_input => render(std::mem::take(&mut held), &mut pipeline, &mut counts).map(Some),
+            Next::End => Ok(None),
+        },
+        move |chunks| write_chunks(chunks, output),
+    );
+    let status = if counts.failed > 0 { 1 } else { 0 };
+    let (waited, read_busy) = (outcome.waited.as_secs_f64(), outcome.read_busy.unwrap_or_default().as_secs_f64());
+    match outcome.finish() {
+        Err(Stop::ClosedPipe) => {
+            tracing::debug!(records = counts.records, "the output was closed by its reader: stopping");
+            return Ok(status);
         }
-        Ok(())
-    };
-    for (index, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read {} at line {}: {e}", args.input.display(), index + 1))?;
-        lines += 1;
-        chunk.push((index, parse_line(index, &line)));
-        if chunk.len() >= args.chunk.max(1) {
-            let rows = score_chunk(&scorer, &chunk, &args, &pipeline);
-            chunk.clear();
-            if whole_input {
-                held.extend(rows);
-            } else {
-                write(rows, &mut pipeline)?;
-            }
+        Err(Stop::Failed(e)) => return Err(e),
+        Ok(_) if counts.records == 0 => {
+            return Err(format!("input {} is empty: no records to score", files::display(&args.input, true)))
         }
-    }
-    held.extend(score_chunk(&scorer, &chunk, &args, &pipeline));
-    write(held, &mut pipeline)?;
-    output.flush().map_err(|e| format!("cannot write output: {e}"))?;
-    if lines == 0 {
-        return Err(format!("input {} is empty: no records to score", args.input.display()));
+        Ok(output) => output.commit().map_err(|e| e.to_string())?,
     }
     args.reward.save_running_state(&mut pipeline)?;
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(records = lines, failed, tokens, seconds, tokens_per_s = tokens as f64 / seconds, "scored");
-    Ok(if failed > 0 { 1 } else { 0 })
+    let Counts { records, failed, tokens } = counts;
+    let tokens_per_s = tokens as f64 / seconds;
+    // Overlap: `reader_busy_s` of reading and tokenising ran beside the model,
+    // which waited `model_waited_s` for it.
+    tracing::info!(
+        records,
+        failed,
+        tokens,
+        seconds,
+        tokens_per_s,
+        reader_busy_s = read_busy,
+        model_waited_s = waited,
+        "scored"
+    );
+    Ok(status)
 }
 
-fn parse_line(index: usize, line: &str) -> Result<Value, RecordError> {
-    if line.trim().is_empty() {
-        return Err(RecordError::new("empty_line", format!("line {} is empty", index + 1)));
+/// No output may be an input (or another output).
+fn check_files(args: &ScoreArgs) -> Result<(), String> {
+    let model_files = args.model.files();
+    let mut inputs = vec![FileRole::new("input", &args.input)];
+    let r = &args.reward;
+    for (what, path) in
+        [("reward config", &r.reward_config), ("calibration", &r.calibration), ("presets", &r.weights.presets)]
+    {
+        inputs.extend(path.as_deref().map(|p| FileRole::new(what, p)));
     }
-    serde_json::from_str(line).map_err(|e| RecordError::new("invalid_json", format!("line {}: {e}", index + 1)))
+    inputs.extend(model_files.iter().map(|p| FileRole::new("model file", p)));
+    let mut outputs = vec![FileRole::new("output", &args.output)];
+    outputs.extend(r.running_state.as_deref().map(|p| FileRole::new("running state", p)));
+    check_distinct(&inputs, &outputs).map_err(|e| e.to_string())
+}
+
+/// The reader thread: lines -> records -> token sequences, a chunk at a time.
+fn read_chunks(
+    mut lines: LineReader,
+    preparer: Arc<Preparer>,
+    opts: ScoreOptions,
+    needs_group: bool,
+    chunk: usize,
+    name: String,
+) -> impl FnOnce(&mut dyn FnMut(Prepared) -> bool) -> Result<(), String> + Send + 'static {
+    move |send| {
+        let limit = lines.limit();
+        let mut batch = Vec::with_capacity(chunk);
+        while let Some(line) = lines.next_line().map_err(|e| format!("cannot read input {name}: {e}"))? {
+            let prepared =
+                line.json(limit).and_then(|v| Ok((preparer.prepare(&v, opts)?, record_group(&v, needs_group)?)));
+            batch.push((line.number - 1, prepared));
+            if batch.len() == chunk && !send(std::mem::take(&mut batch)) {
+                return Ok(());
+            }
+        }
+        if !batch.is_empty() {
+            send(batch);
+        }
+        Ok(())
+    }
+}
+
+/// The writer thread: output lines as they come, flushed chunk by chunk.
+fn write_chunks(chunks: Receiver<Vec<u8>>, mut output: SafeOutput) -> Result<SafeOutput, files::FileError> {
+    for bytes in chunks {
+        output.write_all(&bytes)?;
+        output.flush()?;
+    }
+    Ok(output)
 }
 
 /// A record's `group` (string or number), read only when group normalisation needs it.
-fn record_group(record: &Value, pipeline: &RewardPipeline) -> Result<Option<String>, RecordError> {
-    if !matches!(pipeline.config().normalize, Normalize::Group { .. }) {
+fn record_group(record: &Value, needs_group: bool) -> Result<Option<String>, RecordError> {
+    if !needs_group {
         return Ok(None);
     }
     match record.get("group") {
@@ -123,26 +201,10 @@ fn record_group(record: &Value, pipeline: &RewardPipeline) -> Result<Option<Stri
     }
 }
 
-fn score_chunk(
-    scorer: &Scorer,
-    chunk: &[(usize, Result<Value, RecordError>)],
-    args: &ScoreArgs,
-    pipeline: &RewardPipeline,
-) -> Vec<Row> {
-    let opts = args.model.options();
-    let prepared: Vec<Prepared> = chunk
-        .iter()
-        .map(|(i, v)| {
-            let prepared = v.as_ref().map_err(Clone::clone).and_then(|v| {
-                let group = record_group(v, pipeline)?;
-                Ok((scorer.prepare(v, opts)?, group))
-            });
-            (*i, prepared)
-        })
-        .collect();
-    let ready: Vec<&PreparedRecord> = prepared.iter().filter_map(|(_, p)| p.as_ref().ok().map(|(r, _)| r)).collect();
-    let mut scored = scorer.score(&ready, args.model.batch_tokens).into_iter();
-    prepared
+fn score_chunk(scorer: &Scorer, chunk: Prepared, batch_tokens: usize) -> Vec<Row> {
+    let ready: Vec<&PreparedRecord> = chunk.iter().filter_map(|(_, p)| p.as_ref().ok().map(|(r, _)| r)).collect();
+    let mut scored = scorer.score(&ready, batch_tokens).into_iter();
+    chunk
         .into_iter()
         .map(|(i, p)| {
             let row = p.and_then(|(_, group)| {
@@ -152,6 +214,27 @@ fn score_chunk(
             (i, row)
         })
         .collect()
+}
+
+/// Output lines for scored rows.
+fn render(rows: Vec<Row>, pipeline: &mut RewardPipeline, counts: &mut Counts) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for (index, line) in reward_lines(rows, pipeline)? {
+        let value = match line {
+            Ok((value, n)) => {
+                counts.tokens += n;
+                value
+            }
+            Err(e) => {
+                counts.failed += 1;
+                tracing::warn!(index, code = e.code, "{}", e.message);
+                json!({"index": index, "error": e})
+            }
+        };
+        serde_json::to_writer(&mut out, &value).expect("JSON values serialise: this is a bug");
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 /// Rewards for scored rows in one pipeline call; each row becomes its output
@@ -210,20 +293,4 @@ pub fn record_json(index: usize, scores: &RecordScores, outputs: &[&RewardOutput
         out["truncated"] = json!(true);
     }
     out
-}
-
-fn open_input(path: &PathBuf) -> Result<Box<dyn BufRead>, String> {
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(BufReader::new(std::io::stdin())));
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
-    Ok(Box::new(BufReader::new(file)))
-}
-
-fn open_output(path: &PathBuf) -> Result<Box<dyn Write>, String> {
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(BufWriter::new(std::io::stdout())));
-    }
-    let file = std::fs::File::create(path).map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
-    Ok(Box::new(BufWriter::new(file)))
 }

@@ -8,7 +8,9 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use super::common::in_range;
 use super::eval::write_text;
+use crate::files::{check_distinct, FileRole, OutputPlan};
 use crate::preference::fit::{self, TuneOptions};
 use crate::preference::{cache, plot};
 use crate::reward::presets::save_preset;
@@ -36,8 +38,8 @@ pub struct TuneArgs {
     /// The preset the tuned weights are compared with.
     #[arg(long, default_value = "default")]
     pub baseline: String,
-    /// Cross-validation folds.
-    #[arg(long, default_value_t = 5)]
+    /// Cross-validation folds, 2..=1000.
+    #[arg(long, default_value_t = 5, value_parser = folds)]
     pub folds: usize,
     /// L2 strengths to try, comma-separated.
     #[arg(long, default_value = "0.0001,0.001,0.01,0.1,1,10")]
@@ -59,7 +61,12 @@ pub struct TuneArgs {
     pub plot: Option<PathBuf>,
 }
 
+fn folds(text: &str) -> Result<usize, String> {
+    in_range(text, 2, 1000).map(|n| n as usize)
+}
+
 pub fn run(args: TuneArgs) -> Result<i32, String> {
+    check_files(&args)?;
     let book = PresetBook::load(args.presets.as_deref().filter(|p| p.exists())).map_err(|e| e.to_string())?;
     let baseline = book.get(&args.baseline).map_err(|e| e.to_string())?;
     let lambdas = args
@@ -132,8 +139,28 @@ pub fn run(args: TuneArgs) -> Result<i32, String> {
     if let Some(path) = &args.plot {
         let svg =
             plot::accuracy_vs_lambda(&result.grid, result.best_lambda, result.baseline_cv_accuracy, &args.baseline);
-        write_text(path, &svg)?;
+        write_text("plot", path, &svg)?;
     }
-    write_text(&args.output, &(serde_json::to_string_pretty(&report).expect("JSON") + "\n"))?;
+    write_text("report", &args.output, &(serde_json::to_string_pretty(&report).expect("JSON") + "\n"))?;
     Ok(if bad.is_empty() { 0 } else { 1 })
+}
+
+/// No output (the presets file written to, the report, the plot) may be the
+/// cache or another output; each is checked before any work.
+fn check_files(args: &TuneArgs) -> Result<(), String> {
+    let mut inputs = vec![FileRole::new("cache", &args.cache)];
+    let mut outputs = vec![FileRole::new("report", &args.output)];
+    if let Some(p) = args.presets.as_deref() {
+        if args.save_preset.is_some() {
+            outputs.push(FileRole::new("presets", p));
+        } else {
+            inputs.push(FileRole::new("presets", p));
+        }
+    }
+    outputs.extend(args.plot.as_deref().map(|p| FileRole::new("plot", p)));
+    check_distinct(&inputs, &outputs).map_err(|e| e.to_string())?;
+    for role in &outputs {
+        OutputPlan::check(role.what, role.path).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -10,7 +10,10 @@
 use serde_json::{json, Map, Value};
 
 use super::PreferenceError;
-use crate::chat::parse_record;
+use crate::chat::{parse_record, Truncate};
+use crate::config::DType;
+use crate::engine::ScoreOptions;
+use crate::files::fingerprint::Fnv64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
@@ -21,19 +24,41 @@ pub struct Pair {
     /// Records in the OpenAI `messages` format, ready for `Scorer::prepare`.
     pub chosen: Value,
     pub rejected: Value,
-    /// Hash of the model name and the pair's texts: a cache entry's identity.
+    /// Hash of what the pair is scored with ([`scoring_identity`]) and its
+    /// texts: a cache entry's identity.
     pub key: String,
 }
 
 /// The subset name used when a pair has none.
 pub const NO_SUBSET: &str = "unspecified";
 
-pub fn parse_pair(line: usize, text: &str, model: &str) -> Result<Pair, PreferenceError> {
+/// Everything besides the texts that changes a pair's raw scores: the model's
+/// files ([`crate::files::fingerprint`]), the dtype, and the template options.
+pub fn scoring_identity(model_fingerprint: &str, dtype: DType, opts: ScoreOptions) -> String {
+    let truncate = match opts.truncate {
+        Truncate::None => "none",
+        Truncate::Left => "left",
+    };
+    let system = if opts.use_record_system { "record" } else { "steerlm" };
+    let dtype = format!("{dtype:?}").to_lowercase();
+    format!("model={model_fingerprint};dtype={dtype};truncate={truncate};system={system}")
+}
+
+/// A pair line as read (bytes): `invalid_utf8` names the byte.
+pub fn parse_pair_bytes(line: usize, bytes: &[u8], scoring: &str) -> Result<Pair, PreferenceError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        PreferenceError::line(line, format!("invalid_utf8: not valid UTF-8 (byte {})", e.valid_up_to() + 1))
+    })?;
+    parse_pair(line, text, scoring)
+}
+
+/// `scoring` is [`scoring_identity`] (any string in tests): it goes into the key.
+pub fn parse_pair(line: usize, text: &str, scoring: &str) -> Result<Pair, PreferenceError> {
     let err = |m: String| PreferenceError::line(line, m);
     if text.trim().is_empty() {
         return Err(err("empty line".into()));
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| err(format!("invalid_json: {e}")))?;
     let obj = value.as_object().ok_or_else(|| err("a pair must be a JSON object".into()))?;
     let field = |name: &str| -> Result<&Value, PreferenceError> {
         obj.get(name).filter(|v| !v.is_null()).ok_or_else(|| err(format!("missing `{name}`")))
@@ -52,20 +77,17 @@ pub fn parse_pair(line: usize, text: &str, model: &str) -> Result<Pair, Preferen
         subset,
         chosen: conversation(prompt, chosen, "chosen").map_err(err)?,
         rejected: conversation(prompt, rejected, "rejected").map_err(err)?,
-        key: pair_key(model, prompt, chosen, rejected),
+        key: pair_key(scoring, prompt, chosen, rejected),
     })
 }
 
-/// FNV-1a 64 of the model name and the canonical JSON (sorted keys) of the texts:
-/// stable across runs, platforms and Rust versions, unlike `DefaultHasher`.
-pub fn pair_key(model: &str, prompt: Option<&Value>, chosen: &Value, rejected: &Value) -> String {
-    let text = json!([model, prompt, chosen, rejected]).to_string();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        hash ^= b as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+/// FNV-1a 64 of the scoring identity and the JSON of the texts: stable across
+/// runs, platforms and Rust versions, unlike `DefaultHasher`. The subset and
+/// id are not in it: they are not scored, and always come from the pairs file.
+pub fn pair_key(scoring: &str, prompt: Option<&Value>, chosen: &Value, rejected: &Value) -> String {
+    let mut hash = Fnv64::default();
+    hash.write(json!([scoring, prompt, chosen, rejected]).to_string().as_bytes());
+    format!("{:016x}", hash.finish())
 }
 
 fn conversation(prompt: Option<&Value>, response: &Value, field: &str) -> Result<Value, String> {
@@ -138,6 +160,11 @@ mod tests {
         assert_eq!(parse_record(&a.rejected).unwrap(), parse_record(&b.rejected).unwrap());
         assert_eq!(b.subset, NO_SUBSET);
         assert_ne!(a.key, parse_pair(1, text, "other-model").unwrap().key);
+        let other_subset = text.replace("\"s\"", "\"t\"");
+        assert_eq!(a.key, parse_pair(1, &other_subset, "m").unwrap().key, "the subset is not scored");
+        let f32 = scoring_identity("abc", DType::F32, ScoreOptions::default());
+        assert_eq!(f32, "model=abc;dtype=f32;truncate=none;system=steerlm");
+        assert_ne!(f32, scoring_identity("abc", DType::Bf16, ScoreOptions::default()));
         assert_eq!(a.key, parse_pair(9, text, "m").unwrap().key);
     }
 
@@ -150,6 +177,8 @@ mod tests {
         let err = parse_pair(5, r#"{"chosen": [{"role": "user", "content": "q"}], "rejected": "r"}"#, "m").unwrap_err();
         assert!(err.to_string().contains("`chosen` must end with an assistant message"), "{err}");
         let err = parse_pair(6, "{oops", "m").unwrap_err();
-        assert!(err.to_string().starts_with("line 6: invalid JSON"), "{err}");
+        assert!(err.to_string().starts_with("line 6: invalid_json"), "{err}");
+        let err = parse_pair_bytes(7, b"{\"prompt\": \"\xff\"}", "m").unwrap_err();
+        assert_eq!(err.to_string(), "line 7: invalid_utf8: not valid UTF-8 (byte 13)");
     }
 }

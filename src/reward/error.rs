@@ -14,6 +14,9 @@ pub enum RewardError {
     PresetsFile { path: String, message: String },
     #[error("raw attribute {attribute} is not a finite number ({value})")]
     NonFinite { attribute: &'static str, value: f32 },
+    /// A calibrated value or a reward overflowed (huge weights, scale or shift).
+    #[error("{what} is not a finite number ({value})")]
+    NonFiniteReward { what: String, value: f64 },
     #[error("group normalisation needs a `group` id on every record")]
     MissingGroup,
 }
@@ -26,7 +29,7 @@ impl RewardError {
             RewardError::BadWeights(_) => "invalid_weights",
             RewardError::BadConfig(_) => "invalid_reward_config",
             RewardError::PresetsFile { .. } => "invalid_presets_file",
-            RewardError::NonFinite { .. } => "non_finite_score",
+            RewardError::NonFinite { .. } | RewardError::NonFiniteReward { .. } => "non_finite_score",
             RewardError::MissingGroup => "missing_group",
         }
     }

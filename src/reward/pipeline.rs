@@ -102,6 +102,15 @@ fn resolve_weights(
     }
 }
 
+/// A value a reward is made of, or a `non_finite_score` error that says which.
+fn finite(value: f64, what: &str) -> Result<f64, RewardError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(RewardError::NonFiniteReward { what: what.to_string(), value })
+    }
+}
+
 impl RewardPipeline {
     /// Validate `config` and resolve its weights against `presets`.
     pub fn new(config: RewardConfig, presets: PresetBook) -> Result<RewardPipeline, RewardError> {
@@ -160,13 +169,19 @@ impl RewardPipeline {
                 if let Some(i) = item.raw.iter().position(|v| !v.is_finite()) {
                     return Err(RewardError::NonFinite { attribute: ATTRIBUTES[i], value: item.raw[i] });
                 }
-                Ok(match &calibration {
+                let (sum, calibrated) = match &calibration {
                     Some(cal) => {
                         let values = cal.apply(&item.raw);
+                        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                            let what = format!("calibrated {}", ATTRIBUTES[i]);
+                            return Err(RewardError::NonFiniteReward { what, value: values[i] });
+                        }
                         (weights.dot(&values), Some(values))
                     }
                     None => (weights.reward(&item.raw), None),
-                })
+                };
+                finite(sum, "the weighted sum of the attributes")?;
+                Ok((sum, calibrated))
             })
             .collect();
         let values: Vec<Result<f64, RewardError>> = weighted.iter().map(|w| w.clone().map(|(x, _)| x)).collect();
@@ -178,7 +193,8 @@ impl RewardPipeline {
             .zip(normalised)
             .map(|(w, n)| {
                 let (weighted, calibrated) = w?;
-                let x = n?;
+                // Overflow in a normalisation (huge rewards) would be clipped into a plausible number.
+                let x = finite(n?, "the normalised reward")?;
                 Ok(RewardOutput { reward: clip.map_or(x, |c| c.apply(x)), weighted, calibrated })
             })
             .collect();

@@ -31,19 +31,46 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Run the `reward-worker` binary with `args`, feeding `stdin`; logs off so
-/// stderr holds only errors.
+/// stderr holds only errors. Fails the test if the binary crashed.
 pub fn run_cli(args: &[&str], stdin: &str) -> Output {
+    run_cli_bytes(args, stdin.as_bytes())
+}
+
+/// [`run_cli`] with any bytes on stdin.
+pub fn run_cli_bytes(args: &[&str], stdin: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reward-worker"))
+    let mut child = spawn_cli(args);
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // A writer thread, so a binary that stops reading early cannot block the test.
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert_no_crash(&out);
+    out
+}
+
+/// The binary started with piped stdin, stdout and stderr (logs off).
+pub fn spawn_cli(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_reward-worker"))
         .args(args)
         .env("RUST_LOG", "error")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+        .unwrap()
+}
+
+/// Fail the test if the binary panicked or was killed by a signal: no input,
+/// option or stream, however hostile, may do either.
+pub fn assert_no_crash(out: &Output) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "the binary panicked:\n{err}");
+    assert!(out.status.signal().is_none(), "the binary was killed by signal {:?}:\n{err}", out.status.signal());
 }
 
 /// stdout of a CLI run as JSON lines.
