@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -113,7 +114,10 @@ def loadavg():
 # --------------------------------------------------------------------------- reward-worker
 
 def model_flags(a, mdir, dtype):
-    flags = ["--model", mdir, "--dtype", dtype, "--threads", str(a.threads), "--device", a.device]
+    """Flags of every reward-worker run; dtype None leaves --dtype to the binary's default."""
+    flags = ["--model", mdir, "--threads", str(a.threads), "--device", a.device]
+    if dtype:
+        flags += ["--dtype", dtype]
     if a.batch_tokens:
         flags += ["--batch-tokens", str(a.batch_tokens)]
     return flags
@@ -130,8 +134,9 @@ def run_rust_bench(a, mdir, path, dtype):
 
 
 def run_rust_score(a, mdir, path, dtype, out_path, repeat):
-    """Wall time of the whole `reward-worker score` process, `repeat` times; the
-    median, every time, and the raw outputs of the last run keyed by (record, turn)."""
+    """Wall time of the whole `reward-worker score` process, `repeat` times: the median,
+    every time, the raw outputs of the last run keyed by (record, turn), its failed
+    records, and its log lines that mention the dtype."""
     cmd = [a.binary, "score", "--input", path, "--output", out_path] + model_flags(a, mdir, dtype)
     times = []
     for _ in range(max(1, repeat)):
@@ -149,7 +154,8 @@ def run_rust_score(a, mdir, path, dtype, out_path, repeat):
                 continue
             for tr in rec["turns"]:
                 got[(rec["index"], tr["turn"])] = tr["raw"]
-    return statistics.median(times), times, got, errors, cmd
+    log = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip()[:200] for ln in p.stderr.splitlines() if "dtype" in ln]
+    return dict(seconds=statistics.median(times), times=times, got=got, errors=errors, cmd=cmd, log=log)
 
 
 # --------------------------------------------------------------------------- checks
@@ -186,6 +192,88 @@ def check(name, dtype, rw, static, best, f32_ref):
     return c
 
 
+def measure(a, mdir, cfg, hf, pad_id, name, p, dtype, native):
+    """One table row: matmul rate, reward-worker bench and score, both peers, the check."""
+    import torch
+    useful = p["stats"]["useful_tokens"]
+    la = loadavg()
+    rate = peers.matmul_rate(torch, cfg, a.mm_rows, dtype, torch.device(a.device), warmup=1, repeat=a.repeat)
+    rj, bench_cmd = run_rust_bench(a, mdir, p["path"], dtype)
+    sc = run_rust_score(a, mdir, p["path"], dtype, os.path.join(OUT, f"scores-{name}-{dtype}.jsonl"), a.repeat)
+    default = None
+    if dtype == native and not a.no_default_dtype:  # what a user gets without --dtype
+        d = run_rust_score(a, mdir, p["path"], None, os.path.join(OUT, f"scores-{name}-default.jsonl"), a.repeat)
+        default = dict(seconds=d["seconds"], times=d["times"], tok_s=useful / d["seconds"],
+                       vs_explicit=sc["seconds"] / d["seconds"], same_outputs_max_diff=diffs(d["got"], sc["got"])[0],
+                       log=d["log"][:3], cmd=d["cmd"])
+    warm, rep = (0, a.large_repeat) if name in LARGE else (a.warmup, a.repeat)
+    st_s, st_times, st_out = hf.run(dtype, p["ids"], p["static"], pad_id, warm, rep)
+    # the sorted peer: one pass per budget picks the budget, which is then timed like the static peer
+    sweep = []
+    for budget in a.budgets:
+        plan = peers.sorted_plan(p["lens"], budget)
+        s, times, out = hf.run(dtype, p["ids"], plan, pad_id, 0, 1)
+        sweep.append(dict(budget=budget, seconds=s, times=times, batches=len(plan), out=out, plan=plan,
+                          padded=peers.padded_tokens(plan, p["lens"]),
+                          gflop=peers.padded_flops(cfg, plan, p["lens"]) / 1e9))
+        print(f"  {name} {dtype}: transformers sorted, budget {budget}: {useful / s:.0f} tok/s "
+              f"({s:.2f}s, {len(plan)} batches, {sweep[-1]['padded']} padded tokens)", flush=True)
+    best = dict(min(sweep, key=lambda x: x["seconds"]))
+    if (warm, rep) != (0, 1):
+        best["seconds"], best["times"], best["out"] = hf.run(dtype, p["ids"], best["plan"], pad_id, warm, rep)
+    keys = [(r, t) for r, t, _ in p["prefixes"]]
+    c = check(name, dtype, sc["got"], dict(zip(keys, st_out)), dict(zip(keys, best["out"])), p.get("f32_ref", {}))
+    if sc["errors"]:
+        c["ok"] = False
+        c["unmatched"] += [str(e) for e in sc["errors"]]
+    st_gflop = peers.padded_flops(cfg, p["static"], p["lens"]) / 1e9
+    row = dict(
+        workload=name, desc=p["desc"], dtype=dtype, threads=a.threads, **p["stats"],
+        rw_tokens_computed=rj.get("tokens_computed"), rw_tokens_processed=rj.get("tokens_processed"),
+        rw_batches=rj.get("batches"),
+        rw_bench_seconds=rj["seconds"], rw_bench_tok_s=useful / rj["seconds"],
+        rw_forward_gflop=rj.get("forward_gflop"), rw_forward_gflop_per_s=rj.get("forward_gflop_per_s"),
+        rw_score_seconds=sc["seconds"], rw_score_times=sc["times"], rw_score_tok_s=useful / sc["seconds"],
+        rw_default_dtype=default,
+        mm_gflop_per_s=rate["gflop_per_s"], matmul=rate,
+        static_seconds=st_s, static_times=st_times, static_tok_s=useful / st_s,
+        static_tokens_computed=p["static_padded"], static_gflop_per_s=st_gflop / st_s,
+        best_budget=best["budget"], best_seconds=best["seconds"], best_tok_s=useful / best["seconds"],
+        best_tokens_computed=best["padded"], best_gflop_per_s=best["gflop"] / best["seconds"],
+        best_times=best["times"],
+        sweep=[{k: v for k, v in s.items() if k not in ("out", "plan")} for s in sweep],
+        peer_warmup=warm, peer_repeat=rep,
+        rust_json=rj, bench_cmd=bench_cmd, score_cmd=sc["cmd"], score_log=sc["log"][:3],
+        loadavg_before=la, loadavg_after=loadavg())
+    row["efficiency"] = (row["rw_forward_gflop_per_s"] or 0) / row["mm_gflop_per_s"]
+    for peer in ("static", "best"):
+        row[f"score_vs_{peer}"] = row["rw_score_tok_s"] / row[f"{peer}_tok_s"]
+        row[f"bench_vs_{peer}"] = row["rw_bench_tok_s"] / row[f"{peer}_tok_s"]
+    if rj.get("useful_tokens") != useful:
+        print(f"WARNING: workload {name} {dtype}: useful tokens differ: reward-worker "
+              f"{rj.get('useful_tokens')} vs python {useful}", flush=True)
+    if rj.get("threads") != a.threads:
+        print(f"WARNING: reward-worker reports threads={rj.get('threads')}", flush=True)
+    print(f"  {name} {dtype}: reward-worker score {row['rw_score_tok_s']:.0f} tok/s ({sc['seconds']:.2f}s), "
+          f"bench {row['rw_bench_tok_s']:.0f} tok/s ({rj['seconds']:.2f}s, "
+          f"{row['rw_forward_gflop_per_s'] or 0:.1f} GFLOP/s vs mm {rate['gflop_per_s']:.1f}); "
+          f"transformers static {row['static_tok_s']:.0f} tok/s ({st_s:.2f}s), "
+          f"sorted {row['best_tok_s']:.0f} tok/s (budget {best['budget']}); "
+          f"score/static {row['score_vs_static']:.2f} score/sorted {row['score_vs_best']:.2f}  "
+          f"[load {la} -> {row['loadavg_after']}]", flush=True)
+    if default:
+        print(f"  {name} without --dtype: {default['tok_s']:.0f} tok/s ({default['vs_explicit']:.2f} x --dtype "
+              f"{dtype}), outputs differ from --dtype {dtype} by {default['same_outputs_max_diff']:.2e}; "
+              f"log: {' | '.join(default['log']) or '(no line mentions the dtype)'}", flush=True)
+    print(f"  check {name} {dtype}: {c['turns']} turns, max |raw diff| {c['max_abs_raw_diff']:.2e}, "
+          f"max |reward diff| {c['max_abs_reward_diff']:.2e} (max |raw| {c['max_abs_raw']:.1f}), "
+          f"sorted vs static {c['sorted_vs_static']:.2e}"
+          + (f"; vs transformers f32 ({c['ref_turns']} turns): reward-worker {c['rw_vs_hf_f32']:.2e}, "
+             f"transformers {c['hf_vs_hf_f32']:.2e}" if "rw_vs_hf_f32" in c else "")
+          + ("" if c["ok"] else f"  CHECK FAILED {c['unmatched'][:5]}"), flush=True)
+    return row, c
+
+
 # --------------------------------------------------------------------------- main
 
 def parse_args():
@@ -218,6 +306,8 @@ def parse_args():
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (every engine)")
     ap.add_argument("--model", default=None, help="use this model directory instead of making one")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-default-dtype", action="store_true",
+                    help="skip timing `reward-worker score` without --dtype in the native dtype's rows")
     ap.add_argument("--check-records", type=int, default=2,
                     help="records per workload scored by transformers f32 as the bf16 rows' reference (default 2)")
     ap.add_argument("--results", default=os.path.join(OUT, "results.json"))
@@ -292,84 +382,16 @@ def main():
             ref = hf.reference([ids for r, _, ids in prefixes if r < a.check_records], pad_id)
             prepared[name]["f32_ref"] = dict(zip(keys, ref))
 
-    rows, checks, mm = [], [], []
+    rows, checks = [], []
     for dtype in ("f32", "bf16"):
         for name in a.names:
-            if dtype not in dtypes_of[name]:
-                continue
-            p = prepared[name]
-            useful = p["stats"]["useful_tokens"]
-            large = name in LARGE
-            la = loadavg()
-            rate = peers.matmul_rate(torch, cfg, a.mm_rows, dtype, torch.device(a.device),
-                                     warmup=1, repeat=a.repeat)
-            mm.append(dict(workload=name, **rate))
-            rj, bench_cmd = run_rust_bench(a, mdir, p["path"], dtype)
-            score_out = os.path.join(OUT, f"scores-{name}-{dtype}.jsonl")
-            sc_s, sc_times, rw_got, rw_errors, score_cmd = run_rust_score(a, mdir, p["path"], dtype, score_out,
-                                                                          a.repeat)
-            warm, rep = (0, a.large_repeat) if large else (a.warmup, a.repeat)
-            st_s, st_times, st_out = hf.run(dtype, p["ids"], p["static"], pad_id, warm, rep)
-            sweep = []
-            for budget in a.budgets:
-                plan = peers.sorted_plan(p["lens"], budget)
-                s, times, out = hf.run(dtype, p["ids"], plan, pad_id, warm, rep)
-                sweep.append(dict(budget=budget, seconds=s, times=times, batches=len(plan), out=out,
-                                  padded=peers.padded_tokens(plan, p["lens"]),
-                                  gflop=peers.padded_flops(cfg, plan, p["lens"]) / 1e9))
-                print(f"  {name} {dtype}: transformers sorted, budget {budget}: {useful / s:.0f} tok/s "
-                      f"({s:.2f}s, {len(plan)} batches, {sweep[-1]['padded']} padded tokens)", flush=True)
-            best = min(sweep, key=lambda x: x["seconds"])
-            keys = [(r, t) for r, t, _ in p["prefixes"]]
-            c = check(name, dtype, rw_got, dict(zip(keys, st_out)), dict(zip(keys, best["out"])),
-                      p.get("f32_ref", {}))
-            if rw_errors:
-                c["ok"] = False
-                c["unmatched"] += [str(e) for e in rw_errors]
-            checks.append(c)
-            st_gflop = peers.padded_flops(cfg, p["static"], p["lens"]) / 1e9
-            row = dict(
-                workload=name, desc=p["desc"], dtype=dtype, threads=a.threads, **p["stats"],
-                rw_tokens_computed=rj.get("tokens_computed"), rw_tokens_processed=rj.get("tokens_processed"),
-                rw_batches=rj.get("batches"),
-                rw_bench_seconds=rj["seconds"], rw_bench_tok_s=useful / rj["seconds"],
-                rw_forward_gflop=rj.get("forward_gflop"), rw_forward_gflop_per_s=rj.get("forward_gflop_per_s"),
-                rw_score_seconds=sc_s, rw_score_times=sc_times, rw_score_tok_s=useful / sc_s,
-                mm_gflop_per_s=rate["gflop_per_s"],
-                static_seconds=st_s, static_times=st_times, static_tok_s=useful / st_s,
-                static_tokens_computed=p["static_padded"], static_gflop_per_s=st_gflop / st_s,
-                best_budget=best["budget"], best_seconds=best["seconds"], best_tok_s=useful / best["seconds"],
-                best_tokens_computed=best["padded"], best_gflop_per_s=best["gflop"] / best["seconds"],
-                sweep=[{k: v for k, v in s.items() if k != "out"} for s in sweep],
-                peer_warmup=warm, peer_repeat=rep,
-                rust_json=rj, bench_cmd=bench_cmd, score_cmd=score_cmd,
-                loadavg_before=la, loadavg_after=loadavg())
-            row["efficiency"] = (row["rw_forward_gflop_per_s"] or 0) / row["mm_gflop_per_s"]
-            for peer in ("static", "best"):
-                row[f"score_vs_{peer}"] = row["rw_score_tok_s"] / row[f"{peer}_tok_s"]
-                row[f"bench_vs_{peer}"] = row["rw_bench_tok_s"] / row[f"{peer}_tok_s"]
-            rows.append(row)
-            if rj.get("useful_tokens") != useful:
-                print(f"WARNING: workload {name} {dtype}: useful tokens differ: reward-worker "
-                      f"{rj.get('useful_tokens')} vs python {useful}", flush=True)
-            if rj.get("threads") != a.threads:
-                print(f"WARNING: reward-worker reports threads={rj.get('threads')}", flush=True)
-            print(f"  {name} {dtype}: reward-worker score {row['rw_score_tok_s']:.0f} tok/s ({sc_s:.2f}s), "
-                  f"bench {row['rw_bench_tok_s']:.0f} tok/s ({rj['seconds']:.2f}s, "
-                  f"{row['rw_forward_gflop_per_s'] or 0:.1f} GFLOP/s vs mm {rate['gflop_per_s']:.1f}); "
-                  f"transformers static {row['static_tok_s']:.0f} tok/s ({st_s:.2f}s), "
-                  f"sorted {row['best_tok_s']:.0f} tok/s (budget {best['budget']}); "
-                  f"score/static {row['score_vs_static']:.2f} score/sorted {row['score_vs_best']:.2f}  "
-                  f"[load {la} -> {row['loadavg_after']}]", flush=True)
-            print(f"  check {name} {dtype}: {c['turns']} turns, max |raw diff| {c['max_abs_raw_diff']:.2e}, "
-                  f"max |reward diff| {c['max_abs_reward_diff']:.2e} (max |raw| {c['max_abs_raw']:.1f}), "
-                  f"sorted vs static {c['sorted_vs_static']:.2e}"
-                  + (f"; vs transformers f32 ({c['ref_turns']} turns): reward-worker {c['rw_vs_hf_f32']:.2e}, "
-                     f"transformers {c['hf_vs_hf_f32']:.2e}" if "rw_vs_hf_f32" in c else "")
-                  + ("" if c["ok"] else f"  CHECK FAILED {c['unmatched'][:5]}"), flush=True)
+            if dtype in dtypes_of[name]:
+                row, c = measure(a, mdir, cfg, hf, pad_id, name, prepared[name], dtype, native)
+                rows.append(row)
+                checks.append(c)
 
     print_tables(rows, checks)
-    print_targets(rows, native)
+    print_targets(rows, native, mdir == os.path.join(OUT, "model-100m"))
     import transformers
     res = dict(
         when=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -382,7 +404,7 @@ def main():
                       dtypes={n: d for n, d in dtypes_of.items()}, workloads=a.names, quick=a.quick),
         workloads={n: dict(desc=p["desc"], **p["stats"], static_padded=p["static_padded"])
                    for n, p in prepared.items()},
-        rows=rows, matmul=mm, checks=checks)
+        rows=rows, checks=checks)
     with open(a.results, "w") as f:
         json.dump(res, f, indent=2)
     print(f"\nwrote {a.results}")

@@ -58,8 +58,8 @@ def print_tables(rows, checks):
                "engine's\nmax |raw diff| from transformers f32 on the first --check-records records")
 
 
-def print_targets(rows, native):
-    """Issue 6's numbers, for the rows this run has."""
+def print_targets(rows, native, default_model):
+    """Issue 6's numbers, for the rows this run has (the README baseline only for the default bench model)."""
     out = []
     for r in rows:
         key = (r["workload"], r["dtype"])
@@ -71,7 +71,13 @@ def print_targets(rows, native):
             share = (r["rw_tokens_computed"] or 0) / r["useful_tokens"]
             out.append(f"d {r['dtype']}: tokens computed {100 * share:.1f}% of useful (target <= 55%; "
                        f"unique {100 * r['unique_tokens'] / r['useful_tokens']:.1f}%)")
-        if key in README_BENCH_VS_STATIC:
+        d = r.get("rw_default_dtype")
+        if d:
+            same = "same outputs" if d["same_outputs_max_diff"] == 0 else \
+                f"outputs differ by {d['same_outputs_max_diff']:.2e}: another dtype?"
+            out.append(f"{key[0]} score without --dtype: {d['vs_explicit']:.2f} x the speed of --dtype {key[1]}, "
+                       f"{same}; log: {' | '.join(d['log']) or '(no line mentions the dtype)'}")
+        if default_model and key in README_BENCH_VS_STATIC:
             out.append(f"{key[0]} {key[1]}: bench/static {r['bench_vs_static']:.2f} "
                        f"(README before prefix sharing: {README_BENCH_VS_STATIC[key]:.2f})")
     if out:
