@@ -67,6 +67,7 @@ pub fn run(args: BenchArgs) -> Result<i32, String> {
         "forward_gflop_per_s": stats.flops / 1e9 / seconds,
         "useful_tokens": useful,
         "seconds": seconds,
+        "times": times,
         "useful_tokens_per_s": useful as f64 / seconds,
         "threads": tch::get_num_threads(),
         "dtype": args.model.dtype.resolve(parse_device(&args.model.device).map_err(|e| e.to_string())?).0.name(),
