@@ -13,10 +13,9 @@ use std::path::PathBuf;
 use super::common::ModelArgs;
 use super::reward_args::RewardArgs;
 use crate::chat::RecordError;
-use crate::engine::{PreparedRecord, RecordScores, Scorer};
-use crate::reward::{
-    Normalize, RewardBatch, RewardInput, RewardOutput, RewardOverride, RewardPipeline, ATTRIBUTES, HELPSTEER_ATTRIBUTES,
-};
+use crate::engine::{PreparedRecord, Scorer};
+use crate::output::{record_group, render_rows, Scored};
+use crate::reward::{RewardOverride, RewardPipeline};
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
@@ -35,15 +34,7 @@ pub struct ScoreArgs {
     pub chunk: usize,
 }
 
-/// A scored record and the group its rewards are normalised in.
-struct Scored {
-    scores: RecordScores,
-    group: Option<String>,
-}
-
 type Row = (usize, Result<Scored, RecordError>);
-/// An output line (with its token count) or the record's error.
-type OutLine = (usize, Result<(Value, usize), RecordError>);
 type Prepared = (usize, Result<(PreparedRecord, Option<String>), RecordError>);
 
 pub fn run(args: ScoreArgs) -> Result<i32, String> {
@@ -58,7 +49,8 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
     let mut held: Vec<Row> = Vec::new();
     let mut chunk: Vec<(usize, Result<Value, RecordError>)> = Vec::with_capacity(args.chunk.max(1));
     let mut write = |rows: Vec<Row>, pipeline: &mut RewardPipeline| -> Result<(), String> {
-        for (index, line) in reward_lines(rows, pipeline)? {
+        let lines = render_rows(rows, pipeline, &RewardOverride::default()).map_err(|e| e.to_string())?;
+        for (index, line) in lines {
             match line {
                 Ok((value, n)) => {
                     tokens += n;
@@ -107,22 +99,6 @@ fn parse_line(index: usize, line: &str) -> Result<Value, RecordError> {
     serde_json::from_str(line).map_err(|e| RecordError::new("invalid_json", format!("line {}: {e}", index + 1)))
 }
 
-/// A record's `group` (string or number), read only when group normalisation needs it.
-fn record_group(record: &Value, pipeline: &RewardPipeline) -> Result<Option<String>, RecordError> {
-    if !matches!(pipeline.config().normalize, Normalize::Group { .. }) {
-        return Ok(None);
-    }
-    match record.get("group") {
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        None | Some(Value::Null) => Err(RecordError::new(
-            "missing_group",
-            "group normalisation needs a `group` (string or number) on every record",
-        )),
-        Some(_) => Err(RecordError::new("invalid_record", "`group` must be a string or a number")),
-    }
-}
-
 fn score_chunk(
     scorer: &Scorer,
     chunk: &[(usize, Result<Value, RecordError>)],
@@ -152,64 +128,6 @@ fn score_chunk(
             (i, row)
         })
         .collect()
-}
-
-/// Rewards for scored rows in one pipeline call; each row becomes its output
-/// line (with its token count) or its error.
-fn reward_lines(rows: Vec<Row>, pipeline: &mut RewardPipeline) -> Result<Vec<OutLine>, String> {
-    let inputs: Vec<RewardInput> = rows
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .flat_map(|s| s.scores.turns.iter().map(|t| RewardInput { raw: t.raw, group: s.group.clone(), turn: t.turn }))
-        .collect();
-    let batch = pipeline.rewards(&inputs, &RewardOverride::default()).map_err(|e| e.to_string())?;
-    let mut results = batch.results.iter();
-    Ok(rows
-        .into_iter()
-        .map(|(index, row)| {
-            let line = row.and_then(|s| {
-                // Take this record's results first, so a failed turn keeps the rest aligned.
-                let mine: Vec<_> = s
-                    .scores
-                    .turns
-                    .iter()
-                    .map(|_| results.next().expect("one reward per turn: this is a bug"))
-                    .collect();
-                let outputs: Vec<&RewardOutput> = mine
-                    .into_iter()
-                    .map(Result::as_ref)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| RecordError::new(e.code(), e.to_string()))?;
-                Ok((record_json(index, &s.scores, &outputs, &batch), s.scores.tokens))
-            });
-            (index, line)
-        })
-        .collect())
-}
-
-/// `{"index", "turns": [{"turn", "raw", "attributes", "reward"[, "calibrated"]}],
-///   "tokens", "weights", "transform"[, "truncated"]}`
-pub fn record_json(index: usize, scores: &RecordScores, outputs: &[&RewardOutput], batch: &RewardBatch) -> Value {
-    let turns: Vec<Value> = scores
-        .turns
-        .iter()
-        .zip(outputs)
-        .map(|(t, out)| {
-            let attributes: serde_json::Map<String, Value> =
-                HELPSTEER_ATTRIBUTES.map(|i| (ATTRIBUTES[i].to_string(), json!(t.raw[i]))).collect();
-            let mut turn = json!({"turn": t.turn, "raw": t.raw, "attributes": attributes, "reward": out.reward});
-            if let Some(c) = out.calibrated {
-                turn["calibrated"] = json!(c);
-            }
-            turn
-        })
-        .collect();
-    let mut out = json!({"index": index, "turns": turns, "tokens": scores.tokens,
-                         "weights": batch.weights.0, "transform": batch.transform});
-    if scores.truncated() {
-        out["truncated"] = json!(true);
-    }
-    out
 }
 
 fn open_input(path: &PathBuf) -> Result<Box<dyn BufRead>, String> {
