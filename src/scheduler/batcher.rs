@@ -79,10 +79,11 @@ impl<T: Waiting> TokenBudgetBatcher<T> {
     pub fn next_batch(&mut self, now: Instant) -> NextBatch<T> {
         let mut next = NextBatch { batch: Vec::new(), tokens: 0, dropped: Vec::new() };
         while let Some(item) = self.waiting.front() {
-            let why = if item.abandoned() {
-                Some(Dropped::Abandoned)
-            } else if item.deadline().is_some_and(|d| d <= now) {
+            // Expiry first: a waiter that gave up at its deadline has also hung up.
+            let why = if item.deadline().is_some_and(|d| d <= now) {
                 Some(Dropped::Expired)
+            } else if item.abandoned() {
+                Some(Dropped::Abandoned)
             } else {
                 None
             };
@@ -181,6 +182,13 @@ mod tests {
         let dropped: Vec<(usize, Dropped)> = next.dropped.iter().map(|(i, why)| (i.id, *why)).collect();
         assert_eq!(dropped, vec![(1, Dropped::Abandoned), (2, Dropped::Expired)]);
         assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn a_request_past_its_deadline_counts_as_expired_even_if_its_waiter_left() {
+        let now = Instant::now();
+        let both = Item { abandoned: true, deadline: Some(now - Duration::from_millis(1)), ..item(0, 1) };
+        assert_eq!(batcher(8, vec![both]).next_batch(now).dropped[0].1, Dropped::Expired);
     }
 
     #[test]

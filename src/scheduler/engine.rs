@@ -43,10 +43,10 @@ fn dropped(why: Dropped) {
 
 /// Why a job is not worth preparing, if it is not.
 fn not_wanted(reply: &oneshot::Sender<Result<Reply, QueueError>>, deadline: Option<Instant>) -> Option<Dropped> {
-    if reply.is_closed() {
-        Some(Dropped::Abandoned)
-    } else if deadline.is_some_and(|d| d <= Instant::now()) {
+    if deadline.is_some_and(|d| d <= Instant::now()) {
         Some(Dropped::Expired)
+    } else if reply.is_closed() {
+        Some(Dropped::Abandoned)
     } else {
         None
     }

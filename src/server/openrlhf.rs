@@ -12,11 +12,12 @@
 //!
 //! 1. A query that contains `<extra_id_1>` is already in the SteerLM template
 //!    (the policy's prompts were rendered with the reward model's template, the
-//!    usual set-up for Nemotron rewards). It is tokenised as it is, and if it
-//!    does not end with `<extra_id_2>`, a newline (when missing) and
-//!    `<extra_id_2>` are appended: the template ends every turn with `\n`, so a
-//!    rendered prompt + raw response scores exactly as the same conversation
-//!    sent to `/v1/rewards`. Only the last assistant turn is scored.
+//!    usual set-up for Nemotron rewards). It is tokenised as it is, and unless
+//!    it already ends with `<extra_id_2>`, `\n<extra_id_2>` is appended: the
+//!    template closes every turn with `\n` after its text, so a rendered prompt
+//!    + the raw response (even an empty one, or one ending in a newline) scores
+//!    exactly as the same conversation sent to `/v1/rewards`, as `serve_rm`
+//!    appends the EOS its model reads. Only the last assistant turn is scored.
 //! 2. Otherwise, if `prompts[i]` is given and the query starts with it, the
 //!    query is split back into turns: the prompt is the user turn, the rest of
 //!    the query the assistant turn, and the pair is rendered with the SteerLM
@@ -127,8 +128,7 @@ pub fn query_input(query: &str, prompt: Option<&str>) -> Result<Input, String> {
         if query.ends_with(SCORE_TOKEN) {
             return Ok(Input::Text(query.to_owned()));
         }
-        let newline = if query.ends_with('\n') { "" } else { "\n" };
-        return Ok(Input::Text(format!("{query}{newline}{SCORE_TOKEN}")));
+        return Ok(Input::Text(format!("{query}\n{SCORE_TOKEN}")));
     }
     match prompt {
         Some(p) if query.starts_with(p) => Ok(Input::Record(json!({"conversations": [
@@ -145,11 +145,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn steerlm_queries_get_the_score_token_after_a_newline() {
+    fn steerlm_queries_get_the_turn_newline_and_the_score_token() {
         let q = "<extra_id_0>System\ns\n<extra_id_1>User\nhi\n<extra_id_1>Assistant\nhello";
         assert_eq!(query_input(q, None).unwrap(), Input::Text(format!("{q}\n<extra_id_2>")));
-        let with_newline = format!("{q}\n");
-        assert_eq!(query_input(&with_newline, None).unwrap(), Input::Text(format!("{q}\n<extra_id_2>")));
+        // The template's own newline after the text, also after an empty or newline-ended response.
+        let empty = "<extra_id_1>User\nhi\n<extra_id_1>Assistant\n";
+        assert_eq!(query_input(empty, None).unwrap(), Input::Text(format!("{empty}\n<extra_id_2>")));
         let done = format!("{q}\n<extra_id_2>");
         assert_eq!(query_input(&done, None).unwrap(), Input::Text(done.clone()));
     }
