@@ -2,7 +2,7 @@
 //! training recipe (see `recipe`). The recipe becomes `serve` flags; flags
 //! after the recipe override them (the last one given wins).
 
-use clap::{Args, Parser};
+use clap::{Args, CommandFactory, Parser};
 use std::path::PathBuf;
 
 use super::serve::{self, ServeArgs};
@@ -31,13 +31,34 @@ struct RecipeFlags {
 pub fn run(args: LaunchArgs) -> Result<i32, String> {
     let recipe = LoadedRecipe::read(&args.recipe).map_err(|e| e.to_string())?;
     let mut flags = recipe.to_args();
+    if !knows_flag("backend") {
+        // A build without the worker group's `--backend`: the recipe is still
+        // checked, but only a one-rank recipe can start.
+        if let Some(at) = flags.iter().position(|f| f == "--backend") {
+            let backend = flags.drain(at..at + 2).nth(1).unwrap_or_default();
+            if !args.check {
+                return Err(format!(
+                    "recipe {}: backend `{backend}` needs the worker group, which this build does not have",
+                    args.recipe.display()
+                ));
+            }
+        }
+    }
     flags.extend(args.overrides.iter().cloned());
-    let parsed = RecipeFlags::try_parse_from(&flags)
+    let mut parsed = RecipeFlags::try_parse_from(&flags)
         .map_err(|e| format!("recipe {} with flags {flags:?}: {e}", args.recipe.display()))?;
+    // The [reward] section is a whole config (calibration included), not flags.
+    parsed.serve.reward.base = recipe.recipe.reward.clone();
+    parsed.serve.reward.config()?;
     if args.check {
         println!("{}", flags.join(" "));
         return Ok(0);
     }
     tracing::info!(recipe = %args.recipe.display(), flags = %flags.join(" "), "launching");
     serve::run(parsed.serve)
+}
+
+/// Whether `serve` has the flag `--NAME` in this build.
+fn knows_flag(name: &str) -> bool {
+    RecipeFlags::command().get_arguments().any(|a| a.get_long() == Some(name))
 }

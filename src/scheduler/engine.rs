@@ -105,7 +105,7 @@ pub(super) fn prepare_loop(
 }
 
 fn not_scored() -> RecordError {
-    RecordError::new("not_scored", "not scored: another item of the request is invalid")
+    RecordError::new(super::NOT_SCORED, "not scored: another item of the request is invalid")
 }
 
 pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tokens: usize, shared: &Shared) {

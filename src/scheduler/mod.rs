@@ -55,6 +55,9 @@ pub struct Request {
     pub all_or_nothing: bool,
 }
 
+/// The code of an item not scored because another item of its request was invalid.
+pub const NOT_SCORED: &str = "not_scored";
+
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timing {
@@ -76,9 +79,11 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The first item that failed, with its index.
+    /// The first item that failed, with its index (an item left unscored
+    /// because another was invalid only if nothing else failed).
     pub fn first_error(&self) -> Option<(usize, &RecordError)> {
-        self.results.iter().enumerate().find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        let errors = || self.results.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)));
+        errors().find(|(_, e)| e.code != NOT_SCORED).or_else(|| errors().next())
     }
 }
 
