@@ -13,6 +13,9 @@ use std::io::{Read, Write};
 
 const KEY: &str = "s3cret-key";
 
+/// (what, url, body, status, error code, words the message must contain)
+type Case<'a> = (&'a str, &'a str, Vec<u8>, u16, &'a str, &'a str);
+
 fn conversation(text: &str) -> Value {
     json!({"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": text}]})
 }
@@ -65,7 +68,7 @@ async fn bad_requests_get_4xx_naming_the_problem_and_the_service_goes_on() {
     let rewards = format!("{base}/v1/rewards");
     let chat = format!("{base}/v1/chat/completions");
     let long = "word ".repeat(6000);
-    let cases: Vec<(&str, &str, Vec<u8>, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed JSON", &rewards, b"{\"conversations\": [".to_vec(), 400, "invalid_json", "not valid JSON"),
         ("missing field", &rewards, b"{}".to_vec(), 400, "invalid_request", "`conversations`"),
         ("wrong type", &rewards, br#"{"conversations": "all of them"}"#.to_vec(), 400, "invalid_request", "must be an array"),

@@ -150,6 +150,7 @@ pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tok
 
 /// Score every prepared item of `batch` in one `score` call and answer each job.
 fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
+    let _span = tracing::info_span!("batch", requests = batch.len()).entered();
     let started = Instant::now();
     for job in &batch {
         let waited = started.saturating_duration_since(job.prepared_at);

@@ -19,6 +19,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::errors::ApiError;
@@ -26,6 +27,9 @@ use super::limits::{body_bytes, json_body};
 use super::{responded, AppState};
 use crate::reward::{RewardInput, RewardOverride, ATTRIBUTES, HELPSTEER_ATTRIBUTES};
 use crate::scheduler::Input;
+
+/// Completion ids: unique within the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub async fn chat_completions(
     State(app): State<AppState>,
@@ -66,7 +70,7 @@ pub async fn chat_completions(
     let text = names.map(|(name, x)| format!("{name}:{x}")).collect::<Vec<_>>().join(",");
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let response = json!({
-        "id": format!("chatcmpl-{created:x}{:x}", reply.sent.elapsed().subsec_nanos()),
+        "id": format!("chatcmpl-{created:x}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
         "object": "chat.completion",
         "created": created,
         "model": model,

@@ -15,9 +15,10 @@
 //!    usual set-up for Nemotron rewards). It is tokenised as it is, and unless
 //!    it already ends with `<extra_id_2>`, `\n<extra_id_2>` is appended: the
 //!    template closes every turn with `\n` after its text, so a rendered prompt
-//!    + the raw response (even an empty one, or one ending in a newline) scores
-//!    exactly as the same conversation sent to `/v1/rewards`, as `serve_rm`
-//!    appends the EOS its model reads. Only the last assistant turn is scored.
+//!    followed by the raw response (even an empty one, or one ending in a
+//!    newline) scores exactly as the same conversation sent to `/v1/rewards`,
+//!    as `serve_rm` appends the EOS its model reads. Only the last assistant
+//!    turn is scored.
 //! 2. Otherwise, if `prompts[i]` is given and the query starts with it, the
 //!    query is split back into turns: the prompt is the user turn, the rest of
 //!    the query the assistant turn, and the pair is rendered with the SteerLM
