@@ -93,6 +93,9 @@ async fn bad_requests_get_4xx_naming_the_problem_and_the_service_goes_on() {
         ("invalid UTF-8", &rewards, b"{\"conversations\": [\"\xff\xfe\"]}".to_vec(), 400, "invalid_utf8", "offset 20"),
         ("unknown field", &rewards, json!({"conversations": [conversation("x")], "wieghts": [1]}).to_string().into_bytes(),
          400, "unknown_field", "`wieghts`"),
+        ("chat ending with the user", &chat,
+         json!({"model": "tiny-nemotron-rm", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"}]}).to_string().into_bytes(),
+         400, "last_message_not_assistant", "got role `user`"),
         ("unknown preset", &rewards, json!({"conversations": [conversation("x")], "preset": "nope"}).to_string().into_bytes(),
          400, "unknown_preset", "nope"),
     ];
@@ -319,4 +322,32 @@ fn bad_recipes_are_refused_naming_the_key_and_the_file() {
         let err = stderr(&out);
         assert!(err.contains(needle) && err.contains(name), "{name}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_training_step_commits_rewards_into_running_normalisation() {
+    let server = ChildServer::start(&["serve", "--port", "0", "--normalize", "running"]);
+    let client = Client::new();
+    let rewards = format!("{}/v1/rewards", server.url);
+    let body =
+        json!({"conversations": [conversation("one"), conversation("two, longer"), conversation("three words here")]})
+            .to_string();
+    let rewards_of = |answer: &Value| -> Vec<f64> {
+        answer["results"].as_array().unwrap().iter().map(|r| r["turns"][0]["reward"].as_f64().unwrap()).collect()
+    };
+    let (status, first) = post(&client, &rewards, body.clone(), None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let raw = rewards_of(&first); // identity until two rewards are committed
+    let (status, step) = post(&client, &format!("{}/v1/rewards/step", server.url), "", None).await;
+    assert_eq!(status, StatusCode::OK, "{step}");
+    assert_eq!(step["committed"], 3);
+    assert_eq!(step["running"]["count"], 3);
+    let (_, second) = post(&client, &rewards, body, None).await;
+    let normalised = rewards_of(&second);
+    let mean = raw.iter().sum::<f64>() / 3.0;
+    let std = (raw.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    for (n, x) in normalised.iter().zip(&raw) {
+        assert!((n - (x - mean) / (std + 1e-6)).abs() < 1e-6, "{normalised:?} from {raw:?}");
+    }
+    assert!(second["results"][0]["transform"].as_str().unwrap().contains("running"), "{second}");
 }

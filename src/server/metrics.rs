@@ -70,7 +70,8 @@ pub async fn track(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let span = tracing::info_span!("request", route = %route, method = %request.method());
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("reward_worker_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("reward_worker_http_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());

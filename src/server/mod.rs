@@ -1,7 +1,8 @@
 //! The HTTP service (axum) on top of the queue ([`crate::scheduler`]): one file
 //! per protocol, all answering from the same queue and the same reward pipeline.
 //!
-//! - [`rewards`]: `POST /v1/rewards` (this project's own API; `score`'s JSON per record)
+//! - [`rewards`]: `POST /v1/rewards` (this project's own API; `score`'s JSON per record),
+//!   `POST /v1/rewards/step` (end a training step for running normalisation)
 //! - [`openai`]: `POST /v1/chat/completions` (NVIDIA's hosted nemotron-4-340b-reward shape), `GET /v1/models`
 //! - [`openrlhf`]: `POST /get_reward` (OpenRLHF's remote reward model)
 //! - [`kserve`]: KServe v2 / Triton HTTP `reward_model` (NeMo-Aligner's reward server), JSON and binary tensors
@@ -145,6 +146,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     let protected = Router::new()
         .route("/v1/rewards", post(rewards::handle))
+        .route("/v1/rewards/step", post(rewards::step))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/get_reward", post(openrlhf::get_reward))

@@ -51,6 +51,15 @@ pub async fn chat_completions(
     }
     let messages =
         body.get("messages").ok_or_else(|| ApiError::bad_request("invalid_request", "the body needs `messages`"))?;
+    // The hosted endpoint rates the final assistant message; a conversation that
+    // ends with the user has no response to rate (an earlier one would be a surprise).
+    let last_role = messages.as_array().and_then(|m| m.last()).and_then(|m| m.get("role")).and_then(Value::as_str);
+    if let Some(role) = last_role.filter(|r| !r.eq_ignore_ascii_case("assistant")) {
+        return Err(ApiError::bad_request(
+            "last_message_not_assistant",
+            format!("messages: the last message must be the assistant's response to rate, got role `{role}`"),
+        ));
+    }
     let record = json!({"messages": messages});
     let reply = app.score(&headers, vec![Input::Record(record)], app.config.options, "messages").await?;
     let scores = reply.results[0].as_ref().expect("errors were turned into ApiError above");

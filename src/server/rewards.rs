@@ -9,6 +9,11 @@
 //! rewards silently misaligned with its rollouts. Batch and group
 //! normalisation see the records of one request together (a GRPO group sent
 //! as one request with its `group` ids is normalised within itself).
+//!
+//! `POST /v1/rewards/step` ends a training step for `running` normalisation:
+//! the rewards made since the last step are committed into the running
+//! statistics, which every later request then uses (frozen within a step, so
+//! all rewards of one PPO step see one transform). Other modes ignore it.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -103,4 +108,13 @@ pub fn score_options(body: &Value, defaults: ScoreOptions) -> Result<ScoreOption
         Some(_) => return Err(ApiError::bad_request("invalid_request", "`use_record_system` must be a boolean")),
     }
     Ok(options)
+}
+
+/// `POST /v1/rewards/step` -> `{"committed": n, "normalize": mode, "running": {count, mean, m2, steps}}`.
+pub async fn step(State(app): State<AppState>) -> Json<Value> {
+    let mut pipeline = app.pipeline.lock().expect("the reward pipeline lock is never poisoned");
+    let committed = pipeline.pending();
+    let stats = pipeline.advance().clone();
+    let mode = serde_json::to_value(&pipeline.config().normalize).unwrap_or(Value::Null);
+    Json(json!({"committed": committed, "normalize": mode, "running": stats}))
 }

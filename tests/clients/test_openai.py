@@ -39,10 +39,18 @@ except openai.NotFoundError as e:
     assert "no-such-model" in str(e), e
 
 try:
-    client.chat.completions.create(model=expected["model"], messages=[{"role": "robot", "content": "hi"}])
+    robot = [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    client.chat.completions.create(model=expected["model"], messages=robot)
     raise AssertionError("an unknown role was accepted")
 except openai.BadRequestError as e:
-    assert "robot" in str(e), e
+    assert "unknown role `robot`" in str(e), e
+
+try:
+    ends_with_user = to_messages(expected["records"][0]) + [{"role": "user", "content": "and?"}]
+    client.chat.completions.create(model=expected["model"], messages=ends_with_user)
+    raise AssertionError("a conversation ending with the user was rated")
+except openai.BadRequestError as e:
+    assert "last message must be the assistant" in str(e), e
 
 if a.api_key:
     wrong = openai.OpenAI(base_url=a.url + "/v1", api_key="wrong-" + a.api_key, max_retries=0)
