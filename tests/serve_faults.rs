@@ -129,6 +129,7 @@ async fn a_full_queue_answers_429_at_once_and_nothing_is_lost() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(answer["results"][0]["turns"][0]["turn"], 1);
     }
+    assert_eq!(service.gate.calls(), 2, "the requests that waited together ran in one batch");
     service.stop().await;
 }
 
