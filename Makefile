@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` and `make test`. Both set up the
 # project-local libtorch (PyPI torch==2.11.0 in .venv) on first use.
-.PHONY: setup build run test bench
+.PHONY: setup build run test bench bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -20,3 +20,9 @@ test: setup
 bench: build
 	.venv/bin/pip install --quiet --disable-pip-version-check "transformers>=5" tokenizers safetensors
 	.venv/bin/python bench/compare.py $(BENCH_ARGS)
+
+# The service under 64 concurrent HTTP clients vs `score` on the same records
+# and vs a static-padded server (README "Serving: measured"). BENCH_SERVE_ARGS
+# passes options, e.g. BENCH_SERVE_ARGS="--groups 2 --conversations 8" for a quick run.
+bench-serve: setup
+	cargo run --release --example bench_serve -- $(BENCH_SERVE_ARGS)

@@ -15,3 +15,10 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
 ln -sfn "$torch_dir" .venv/libtorch
+
+# The HTTP clients the service's tests drive (tests/clients/*.py): openai,
+# tritonclient[http] (with numpy and gevent) and requests. Skipped when present.
+if ! .venv/bin/python -c "import openai, tritonclient.http, requests, numpy" 2>/dev/null; then
+    echo "setup: installing the Python test clients (openai, tritonclient[http], requests) into .venv" >&2
+    .venv/bin/pip install --quiet --disable-pip-version-check "openai>=1.40" "tritonclient[http]>=2.40" "requests>=2.31" numpy
+fi

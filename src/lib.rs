@@ -27,6 +27,13 @@
 //! - [`files`]: how every command handles files and lines: outputs replaced
 //!   safely (temp file + rename), same-file checks by device and inode, byte
 //!   lines with a size limit, the exclusive lock of an appended output.
+//! - [`output`]: a scored record's rewards and JSON, shared by `score` and the service.
+//! - [`scheduler`]: the queue between front ends and the model: admission,
+//!   tokenising while the model runs, token-budget batches on the engine thread;
+//!   also the in-process handle for programs that embed the worker.
+//! - [`server`]: the HTTP service (axum): `/v1/rewards`, OpenAI chat
+//!   completions, OpenRLHF `/get_reward`, KServe v2, health and metrics.
+//! - [`recipe`]: training recipes (TOML) that `launch` turns into `serve` flags.
 //! - [`cli`]: the `reward-worker` command line (`main.rs` only calls it).
 
 pub mod batching;
@@ -36,6 +43,10 @@ pub mod config;
 pub mod engine;
 pub mod files;
 pub mod model;
+pub mod output;
 pub mod parallel;
 pub mod preference;
+pub mod recipe;
 pub mod reward;
+pub mod scheduler;
+pub mod server;

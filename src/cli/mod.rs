@@ -5,10 +5,12 @@ mod annotate_output;
 mod bench;
 mod common;
 mod eval;
+mod launch;
 mod overlap;
 mod progress;
 mod reward_args;
 mod score;
+mod serve;
 mod tune;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,10 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Fit attribute weights on cached preference pairs (Bradley-Terry, cross-validated L2).
     TuneWeights(tune::TuneArgs),
+    /// Serve the model over HTTP (rewards, OpenAI, OpenRLHF, KServe v2) until SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Start `serve` from a training recipe (TOML); flags after it override the recipe.
+    Launch(launch::LaunchArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
 }
@@ -43,6 +49,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Annotate(args) => annotate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::TuneWeights(args) => tune::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Launch(args) => launch::run(args),
     };
     match result {
         Ok(code) => code,

@@ -92,6 +92,9 @@ pub struct RewardArgs {
     /// Clip the final reward to LO,HI (either side may be empty: `-5,` or `,5`).
     #[arg(long, allow_hyphen_values = true)]
     pub clip: Option<String>,
+    /// The config a recipe gives (`launch`); `--reward-config` replaces it, the flags override its fields.
+    #[arg(skip)]
+    pub base: Option<RewardConfig>,
 }
 
 impl RewardArgs {
@@ -99,7 +102,7 @@ impl RewardArgs {
     pub fn config(&self) -> Result<RewardConfig, String> {
         let mut config: RewardConfig = match &self.reward_config {
             Some(path) => read_json(path, "reward config")?,
-            None => RewardConfig::default(),
+            None => self.base.clone().unwrap_or_default(),
         };
         if let Some(csv) = &self.weights.weights {
             let w = AttributeWeights::parse(csv).map_err(|e| format!("--weights: {e}"))?;

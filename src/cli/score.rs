@@ -6,7 +6,7 @@
 //! scores per turn are held until the end).
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -15,11 +15,10 @@ use super::common::{self, LineArgs, ModelArgs};
 use super::overlap::{self, Next, Stop};
 use super::reward_args::RewardArgs;
 use crate::chat::RecordError;
-use crate::engine::{PreparedRecord, Preparer, RecordScores, ScoreOptions, Scorer};
+use crate::engine::{PreparedRecord, Preparer, ScoreOptions, Scorer};
 use crate::files::{self, check_distinct, FileRole, LineReader, OutputPlan, SafeOutput};
-use crate::reward::{
-    Normalize, RewardBatch, RewardInput, RewardOutput, RewardOverride, RewardPipeline, ATTRIBUTES, HELPSTEER_ATTRIBUTES,
-};
+use crate::output::{needs_group, record_group, render_rows, Scored};
+use crate::reward::{RewardOverride, RewardPipeline};
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
@@ -40,15 +39,7 @@ pub struct ScoreArgs {
     pub chunk: usize,
 }
 
-/// A scored record and the group its rewards are normalised in.
-struct Scored {
-    scores: RecordScores,
-    group: Option<String>,
-}
-
 type Row = (usize, Result<Scored, RecordError>);
-/// An output line (with its token count) or the record's error.
-type OutLine = (usize, Result<(Value, usize), RecordError>);
 /// A chunk on its way from the reader to the model: each line's prepared
 /// record and group, or its error, by 0-based line index.
 type Prepared = Vec<(usize, Result<(PreparedRecord, Option<String>), RecordError>)>;
@@ -64,7 +55,7 @@ pub fn run(args: ScoreArgs) -> Result<i32, String> {
     // Everything is validated (options, inputs, the model) before the output is opened.
     let mut pipeline = args.reward.build()?;
     let whole_input = pipeline.needs_whole_batch();
-    let needs_group = matches!(pipeline.config().normalize, Normalize::Group { .. });
+    let needs_group = needs_group(&pipeline);
     let limit = args.lines.limit(&args.model, 1)?;
     check_files(&args)?;
     let plan = OutputPlan::check("output", &args.output).map_err(|e| e.to_string())?;
@@ -185,22 +176,6 @@ fn write_chunks(chunks: Receiver<Vec<u8>>, mut output: SafeOutput) -> Result<Saf
     Ok(output)
 }
 
-/// A record's `group` (string or number), read only when group normalisation needs it.
-fn record_group(record: &Value, needs_group: bool) -> Result<Option<String>, RecordError> {
-    if !needs_group {
-        return Ok(None);
-    }
-    match record.get("group") {
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        None | Some(Value::Null) => Err(RecordError::new(
-            "missing_group",
-            "group normalisation needs a `group` (string or number) on every record",
-        )),
-        Some(_) => Err(RecordError::new("invalid_record", "`group` must be a string or a number")),
-    }
-}
-
 fn score_chunk(scorer: &Scorer, chunk: Prepared, batch_tokens: usize) -> Vec<Row> {
     let ready: Vec<&PreparedRecord> = chunk.iter().filter_map(|(_, p)| p.as_ref().ok().map(|(r, _)| r)).collect();
     let mut scored = scorer.score(&ready, batch_tokens).into_iter();
@@ -219,7 +194,7 @@ fn score_chunk(scorer: &Scorer, chunk: Prepared, batch_tokens: usize) -> Vec<Row
 /// Output lines for scored rows.
 fn render(rows: Vec<Row>, pipeline: &mut RewardPipeline, counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    for (index, line) in reward_lines(rows, pipeline)? {
+    for (index, line) in render_rows(rows, pipeline, &RewardOverride::default()).map_err(|e| e.to_string())? {
         let value = match line {
             Ok((value, n)) => {
                 counts.tokens += n;
@@ -235,62 +210,4 @@ fn render(rows: Vec<Row>, pipeline: &mut RewardPipeline, counts: &mut Counts) ->
         out.push(b'\n');
     }
     Ok(out)
-}
-
-/// Rewards for scored rows in one pipeline call; each row becomes its output
-/// line (with its token count) or its error.
-fn reward_lines(rows: Vec<Row>, pipeline: &mut RewardPipeline) -> Result<Vec<OutLine>, String> {
-    let inputs: Vec<RewardInput> = rows
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .flat_map(|s| s.scores.turns.iter().map(|t| RewardInput { raw: t.raw, group: s.group.clone(), turn: t.turn }))
-        .collect();
-    let batch = pipeline.rewards(&inputs, &RewardOverride::default()).map_err(|e| e.to_string())?;
-    let mut results = batch.results.iter();
-    Ok(rows
-        .into_iter()
-        .map(|(index, row)| {
-            let line = row.and_then(|s| {
-                // Take this record's results first, so a failed turn keeps the rest aligned.
-                let mine: Vec<_> = s
-                    .scores
-                    .turns
-                    .iter()
-                    .map(|_| results.next().expect("one reward per turn: this is a bug"))
-                    .collect();
-                let outputs: Vec<&RewardOutput> = mine
-                    .into_iter()
-                    .map(Result::as_ref)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| RecordError::new(e.code(), e.to_string()))?;
-                Ok((record_json(index, &s.scores, &outputs, &batch), s.scores.tokens))
-            });
-            (index, line)
-        })
-        .collect())
-}
-
-/// `{"index", "turns": [{"turn", "raw", "attributes", "reward"[, "calibrated"]}],
-///   "tokens", "weights", "transform"[, "truncated"]}`
-pub fn record_json(index: usize, scores: &RecordScores, outputs: &[&RewardOutput], batch: &RewardBatch) -> Value {
-    let turns: Vec<Value> = scores
-        .turns
-        .iter()
-        .zip(outputs)
-        .map(|(t, out)| {
-            let attributes: serde_json::Map<String, Value> =
-                HELPSTEER_ATTRIBUTES.map(|i| (ATTRIBUTES[i].to_string(), json!(t.raw[i]))).collect();
-            let mut turn = json!({"turn": t.turn, "raw": t.raw, "attributes": attributes, "reward": out.reward});
-            if let Some(c) = out.calibrated {
-                turn["calibrated"] = json!(c);
-            }
-            turn
-        })
-        .collect();
-    let mut out = json!({"index": index, "turns": turns, "tokens": scores.tokens,
-                         "weights": batch.weights.0, "transform": batch.transform});
-    if scores.truncated() {
-        out["truncated"] = json!(true);
-    }
-    out
 }

@@ -1,0 +1,444 @@
+//! `make bench-serve`: the service under 64 concurrent clients against
+//! `score` on the same records (in the same run) and against a static-padded
+//! server (how NeMo-Aligner's and OpenRLHF's reward servers batch).
+//!
+//!     cargo run --release --example bench_serve -- [--clients 64] [--groups 8] [--conversations 64]
+//!         [--hidden 384 --layers 4 --heads 6 --kv-heads 2 --ffn 1536 | --model DIR]
+//!         [--batch-tokens 8192] [--threads N] [--dtype f32|bf16] [--device cpu|cuda]
+//!
+//! Useful tokens count every scored prefix as if it were scored alone (what a
+//! client asks for). Every answer is checked against `score`'s numbers, and
+//! the count of answers must equal the count of requests.
+
+mod model;
+mod peer;
+mod workload;
+
+use clap::Parser;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reward_worker::engine::{ModelSource, PreparedRecord, ScoreOptions, Scorer};
+use reward_worker::model::{parse_device, DType};
+use reward_worker::reward::{PresetBook, RewardConfig, RewardPipeline};
+use reward_worker::scheduler::QueueConfig;
+use reward_worker::server::{self, Listener, ServeConfig};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// GRPO groups (one prompt, `--group-size` responses sent as separate requests).
+    #[arg(long, default_value_t = 8)]
+    groups: usize,
+    #[arg(long, default_value_t = 8)]
+    group_size: usize,
+    /// Multi-turn conversations with 1-3 rated turns.
+    #[arg(long, default_value_t = 64)]
+    conversations: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A model directory instead of a generated random one.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value_t = 384)]
+    hidden: i64,
+    #[arg(long, default_value_t = 4)]
+    layers: i64,
+    #[arg(long, default_value_t = 6)]
+    heads: i64,
+    #[arg(long, default_value_t = 2)]
+    kv_heads: i64,
+    #[arg(long, default_value_t = 1536)]
+    ffn: i64,
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
+    /// Sequences per static micro-batch of the padded peer.
+    #[arg(long, default_value_t = 8)]
+    peer_micro_batch: usize,
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DType,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the workload as JSONL (for `reward-worker score` / `bench`) and exit.
+    #[arg(long)]
+    dump_workload: Option<PathBuf>,
+}
+
+/// A line of the results table.
+struct Row<'a> {
+    name: &'static str,
+    seconds: f64,
+    run: Option<&'a Run>,
+    computed: usize,
+    requested: usize,
+    batches: Option<usize>,
+    /// Batches filled to the token budget (not the padded peer's).
+    packed: bool,
+    answered: usize,
+    failed: usize,
+    wrong: usize,
+}
+
+/// One run of the workload through one server.
+struct Run {
+    seconds: f64,
+    latencies: Vec<f64>,
+    answers: Vec<Option<Vec<[f32; 9]>>>,
+    failures: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let device = parse_device(&args.device)?;
+    let dir = match &args.model {
+        Some(d) => d.clone(),
+        None => {
+            let shape = model::Shape {
+                hidden: args.hidden,
+                layers: args.layers,
+                heads: args.heads,
+                kv_heads: args.kv_heads,
+                ffn: args.ffn,
+            };
+            model::bench_model(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models"), shape)?
+        }
+    };
+    let load = || Scorer::load(&ModelSource::Dir(dir.clone()), args.dtype, device);
+    let scorer = load()?;
+    let records = workload::requests(&scorer.preparer(), args.groups, args.group_size, args.conversations, args.seed);
+    if let Some(path) = &args.dump_workload {
+        std::fs::write(path, records.iter().map(|r| format!("{r}\n")).collect::<String>())?;
+        return Ok(());
+    }
+    println!("{}", machine());
+    println!(
+        "model: {} ({}), batch tokens {}, libtorch threads {}",
+        dir.display(),
+        scorer.describe(),
+        args.batch_tokens,
+        tch::get_num_threads()
+    );
+
+    // score: prepare + score every record in one call, as `reward-worker score`
+    // does (the second of two runs). On a thread of its own, like the service's
+    // engine and the peer: on this project's machine libtorch ran the same call
+    // about 2x slower on the process's main thread, which would flatter the service.
+    let (base_seconds, prepared, base_raw, base_stats) = {
+        let (records, budget) = (records.clone(), args.batch_tokens);
+        std::thread::spawn(move || {
+            let _warm = score_all(&scorer, &records, budget);
+            score_all(&scorer, &records, budget)
+        })
+        .join()
+        .expect("the score run does not panic")
+    };
+    let useful: usize = prepared.iter().map(PreparedRecord::useful_tokens).sum();
+    let requested: usize = prepared.iter().map(PreparedRecord::tokens).sum();
+    let turns: usize = prepared.iter().map(PreparedRecord::turns).sum();
+    let lengths: Vec<usize> = prepared.iter().map(PreparedRecord::tokens).collect();
+    println!(
+        "workload: {} requests ({} GRPO groups x {} + {} conversations of 1-3 rated turns), {turns} rated turns, {}..{} tokens per request, {useful} useful tokens",
+        records.len(), args.groups, args.group_size, args.conversations, lengths.iter().min().unwrap_or(&0), lengths.iter().max().unwrap_or(&0)
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (service, metrics) = runtime.block_on(run_service(load()?, &records, &args))?;
+    let peer = peer::Peer::new(load()?, args.peer_micro_batch);
+    let padded = runtime.block_on(run_peer(&peer, &records, args.clients))?;
+
+    let rows = [
+        Row {
+            name: "score (in-process, one call)",
+            seconds: base_seconds,
+            run: None,
+            computed: base_stats.1,
+            requested: base_stats.0,
+            batches: Some(base_stats.2),
+            packed: true,
+            answered: records.len(),
+            failed: 0,
+            wrong: 0,
+        },
+        Row {
+            name: "service, HTTP, concurrent clients",
+            seconds: service.seconds,
+            run: Some(&service),
+            computed: metrics.computed,
+            requested: metrics.requested,
+            batches: Some(metrics.batches),
+            packed: true,
+            answered: count(&service),
+            failed: service.failures,
+            wrong: mismatches(&service, &base_raw),
+        },
+        Row {
+            name: "static padded peer, HTTP",
+            seconds: padded.seconds,
+            run: Some(&padded),
+            computed: peer.computed_tokens.load(Ordering::Relaxed),
+            requested,
+            batches: Some(peer.forwards.load(Ordering::Relaxed)),
+            packed: false,
+            answered: count(&padded),
+            failed: padded.failures,
+            wrong: mismatches(&padded, &base_raw),
+        },
+    ];
+    println!("\n| run | useful tok/s | p50 ms | p99 ms | tokens computed / requested | forward batches | batch fill | answered / sent | wrong |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut report = Vec::new();
+    for row in rows {
+        let (p50, p99) =
+            row.run.map_or((f64::NAN, f64::NAN), |r| (percentile(&r.latencies, 0.50), percentile(&r.latencies, 0.99)));
+        // Fill of a token budget; the padded peer has no budget (one padded sequence per forward).
+        let fill =
+            row.batches.filter(|_| row.packed).map(|b| row.requested as f64 / (b.max(1) * args.batch_tokens) as f64);
+        let rate = useful as f64 / row.seconds;
+        println!(
+            "| {} | {rate:.0} | {:.0} | {:.0} | {} / {} | {} | {} | {} / {} | {} |",
+            row.name,
+            p50 * 1e3,
+            p99 * 1e3,
+            row.computed,
+            row.requested,
+            row.batches.map_or("-".into(), |b| b.to_string()),
+            fill.map_or("-".into(), |f| format!("{f:.2}")),
+            row.answered,
+            records.len(),
+            row.wrong
+        );
+        report.push(json!({"run": row.name, "seconds": row.seconds, "useful_tokens_per_s": rate, "p50_s": p50, "p99_s": p99,
+                           "tokens_computed": row.computed, "tokens_requested": row.requested, "forward_batches": row.batches,
+                           "batch_fill": fill, "answered": row.answered, "sent": records.len(), "failed": row.failed, "wrong": row.wrong}));
+    }
+    let ratio = |a: f64, b: f64| b / a;
+    println!(
+        "\nservice / score: {:.2}   service / static padded: {:.2}   (peer padded tokens {}, forward passes {})",
+        ratio(service.seconds, base_seconds),
+        ratio(service.seconds, padded.seconds),
+        peer.padded_tokens.load(Ordering::Relaxed),
+        peer.forwards.load(Ordering::Relaxed)
+    );
+    println!("{}", json!({"useful_tokens": useful, "clients": args.clients, "runs": report}));
+    let lost = records.len() - count(&service) + service.failures;
+    anyhow::ensure!(lost == 0 && mismatches(&service, &base_raw) == 0, "the service lost or mis-scored requests");
+    Ok(())
+}
+
+/// What `score` did: seconds, the prepared records, raw scores per turn, and
+/// (tokens requested, tokens computed, forward batches).
+type Baseline = (f64, Vec<PreparedRecord>, Vec<Vec<[f32; 9]>>, (usize, usize, usize));
+
+/// Prepare and score every record in one call.
+fn score_all(scorer: &Scorer, records: &[Value], budget: usize) -> Baseline {
+    let started = Instant::now();
+    let prepared: Vec<PreparedRecord> =
+        records.iter().map(|r| scorer.prepare(r, ScoreOptions::default()).expect("the workload is valid")).collect();
+    let tokenised = started.elapsed().as_secs_f64();
+    let (scores, stats) = scorer.score_with_stats(&prepared.iter().collect::<Vec<_>>(), budget);
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("score: tokenising {tokenised:.3} s, forward {:.3} s, {} batches", seconds - tokenised, stats.batches);
+    let raw =
+        scores.into_iter().map(|s| s.expect("the workload scores").turns.iter().map(|t| t.raw).collect()).collect();
+    (seconds, prepared, raw, (stats.tokens_requested, stats.tokens_computed, stats.batches))
+}
+
+struct Counters {
+    requested: usize,
+    computed: usize,
+    batches: usize,
+}
+
+async fn run_service(scorer: Scorer, records: &[Value], args: &Args) -> anyhow::Result<(Run, Counters)> {
+    let pipeline = RewardPipeline::new(RewardConfig::default(), PresetBook::builtin())?;
+    let mut config = ServeConfig::new(pipeline);
+    config.queue = QueueConfig {
+        batch_tokens: args.batch_tokens,
+        queue_limit: 4 * records.len().max(args.clients),
+        prepare_threads: 2,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(
+        scorer,
+        vec![Listener::Tcp(listener)],
+        async move {
+            let _ = stopped.await;
+        },
+        config,
+    ));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    drive(&client, &format!("{url}/v1/rewards"), &records[..1], 1, raw_of_rewards).await?; // warm-up
+    let before = counters(&client, &url).await?;
+    let run = drive(&client, &format!("{url}/v1/rewards"), records, args.clients, raw_of_rewards).await?;
+    let after = counters(&client, &url).await?;
+    let _ = stop.send(());
+    server.await??;
+    let delta = Counters {
+        requested: after.requested - before.requested,
+        computed: after.computed - before.computed,
+        batches: after.batches - before.batches,
+    };
+    Ok((run, delta))
+}
+
+async fn run_peer(peer: &Arc<peer::Peer>, records: &[Value], clients: usize) -> anyhow::Result<Run> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/score", listener.local_addr()?);
+    let app = peer.router();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    drive(&client, &url, &records[..1], 1, raw_of_peer).await?;
+    peer.computed_tokens.store(0, Ordering::Relaxed);
+    peer.padded_tokens.store(0, Ordering::Relaxed);
+    peer.forwards.store(0, Ordering::Relaxed);
+    let run = drive(&client, &url, records, clients, raw_of_peer).await?;
+    server.abort();
+    Ok(run)
+}
+
+fn raw_of_rewards(answer: &Value) -> Option<Vec<[f32; 9]>> {
+    answer["results"][0]["turns"].as_array()?.iter().map(|t| raw9(&t["raw"])).collect()
+}
+
+fn raw_of_peer(answer: &Value) -> Option<Vec<[f32; 9]>> {
+    answer["results"][0].as_array()?.iter().map(raw9).collect()
+}
+
+fn raw9(v: &Value) -> Option<[f32; 9]> {
+    let xs: Vec<f32> = v.as_array()?.iter().map(|x| x.as_f64().map(|x| x as f32)).collect::<Option<_>>()?;
+    xs.try_into().ok()
+}
+
+/// `clients` tasks take the next request as soon as their last one is answered.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    records: &[Value],
+    clients: usize,
+    read: fn(&Value) -> Option<Vec<[f32; 9]>>,
+) -> anyhow::Result<Run> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let records: Arc<Vec<Value>> = Arc::new(records.to_vec());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients.max(1))
+        .map(|_| {
+            let (client, url, next, records) =
+                (client.clone(), url.to_string(), Arc::clone(&next), Arc::clone(&records));
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(record) = records.get(i) else { return done };
+                    let sent = Instant::now();
+                    let answer = client
+                        .post(&url)
+                        .json(&json!({"conversations": [record]}))
+                        .timeout(Duration::from_secs(600))
+                        .send()
+                        .await;
+                    let raw = match answer {
+                        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().and_then(|v| read(&v)),
+                        _ => None,
+                    };
+                    done.push((i, sent.elapsed().as_secs_f64(), raw));
+                }
+            })
+        })
+        .collect();
+    let mut run = Run { seconds: 0.0, latencies: Vec::new(), answers: vec![None; records.len()], failures: 0 };
+    for task in tasks {
+        for (i, latency, raw) in task.await? {
+            run.latencies.push(latency);
+            match raw {
+                Some(raw) => {
+                    anyhow::ensure!(run.answers[i].is_none(), "request {i} was answered twice");
+                    run.answers[i] = Some(raw);
+                }
+                None => run.failures += 1,
+            }
+        }
+    }
+    run.seconds = started.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+async fn counters(client: &reqwest::Client, url: &str) -> anyhow::Result<Counters> {
+    let text = client.get(format!("{url}/metrics")).send().await?.text().await?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+            as usize
+    };
+    Ok(Counters {
+        requested: value("reward_worker_batch_tokens_requested_total "),
+        computed: value("reward_worker_batch_tokens_computed_total "),
+        batches: value("reward_worker_forward_batches_total "),
+    })
+}
+
+fn count(run: &Run) -> usize {
+    run.answers.iter().filter(|a| a.is_some()).count()
+}
+
+/// Answers whose numbers differ from `score`'s by more than batching noise.
+fn mismatches(run: &Run, want: &[Vec<[f32; 9]>]) -> usize {
+    run.answers
+        .iter()
+        .zip(want)
+        .filter(|(got, want)| match got {
+            None => false,
+            Some(got) => {
+                got.len() != want.len()
+                    || got
+                        .iter()
+                        .flatten()
+                        .zip(want.iter().flatten())
+                        .any(|(g, w)| (g - w).abs() > 1e-3 * w.abs().max(1.0))
+            }
+        })
+        .count()
+}
+
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs.get(((xs.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// The CPU and the flags that decide libtorch's kernels.
+fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags")).unwrap_or("");
+    let have: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("cpu: {name}, {cores} cores, flags: {}", have.join(" "))
+}
+
+/// What `reward-worker`'s main does before anything runs, so the three runs
+/// allocate as the binaries do (see src/main.rs).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
