@@ -28,7 +28,7 @@ fn expected_from_score(name: &str) -> PathBuf {
     let cases = expected(name);
     let records: Vec<Value> = cases.iter().map(|c| c["record"].clone()).collect();
     let input: String = records.iter().map(|r| format!("{r}\n")).collect();
-    let out = run_cli(&["score", "--model", path_str(&fixture(name))], &input);
+    let out = run_cli(&["score", "--model", path_str(&fixture(name)), "--dtype", "f32"], &input);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
     let mut turns = Vec::new();
@@ -68,7 +68,7 @@ fn each_fixture(script: &str, key: Option<&str>) {
     for name in FIXTURES {
         let expected = expected_from_score(name);
         let model = fixture(name);
-        let mut args = vec!["serve", "--model", path_str(&model), "--port", "0"];
+        let mut args = vec!["serve", "--model", path_str(&model), "--port", "0", "--dtype", "f32"];
         let server = match key {
             Some(key) => {
                 args.extend(["--api-key-env", "REWARD_WORKER_TEST_KEY"]);
