@@ -1,5 +1,6 @@
 //! The Nemotron-4 reward model: configuration, checkpoint loading and the forward pass.
 
+pub mod embedding;
 pub mod nemotron;
 pub mod packed;
 pub mod rope;
@@ -31,6 +32,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("device: {0}")]
     Device(String),
+    #[error("worker group: {0}")]
+    Group(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }
