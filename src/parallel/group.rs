@@ -1,0 +1,508 @@
+//! The worker group: tensor x pipeline parallel ranks, one OS thread each,
+//! behind the engine's [`Forward`] interface.
+//!
+//! The feeding side ([`Group`], owned by the engine's thread) hands each job (a
+//! list of batch layouts, one per micro-batch) to the ranks and waits for
+//! global rank 0's reply. Layouts travel as [`BatchLayout`]s, never
+//! re-tokenised: shared through an `Arc` with the ranks of this process
+//! ([`Delivery::Channel`]), or encoded into one `i64` tensor and broadcast by
+//! rank 0 to ranks in other processes ([`Delivery::Broadcast`], which also
+//! sends a heartbeat while idle so that every wait has a timeout).
+//!
+//! A rank that fails (an error, a panic, a timeout waiting for a peer) records
+//! why in the group's [`Health`], aborts its communicators so its peers stop
+//! waiting, and stops. Rank 0 answers the job with that error for every batch;
+//! from then on the group is unhealthy and fails every batch at once.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+use super::comm::Comm;
+use super::fault::{Fault, FaultyComm};
+use super::rank::{decode_job, encode_job, BatchOutcome, RankId, RankWorker};
+use super::threads::{ThreadComm, ThreadsHub};
+use super::StagePlan;
+use crate::config::{CommBackend, Config, DType, ParallelLayout};
+use crate::engine::{check_vocab, BatchScores, Forward, ModelSource, Scorer};
+use crate::model::{BatchLayout, ModelError, NemotronRewardModel, Weights};
+
+/// How jobs reach the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every rank lives in this process and gets the job through a channel.
+    Channel,
+    /// Rank 0 broadcasts each job over the world communicator (ranks in other processes).
+    Broadcast,
+}
+
+/// How to build a group.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    pub layout: ParallelLayout,
+    pub backend: CommBackend,
+    pub dtype: DType,
+    /// `Cpu` for every rank, or `Cuda(i)`: this process's ranks on `cuda:i`, `cuda:i+1`, ...
+    pub device: Device,
+    /// Longest wait of any collective or transfer before it is an error.
+    pub timeout: Duration,
+    /// Longest wait for every rank to load its slices.
+    pub start_timeout: Duration,
+    /// Longest wait for rank 0's answer to a job.
+    pub job_timeout: Duration,
+    pub delivery: Delivery,
+    /// Test hook: make one rank fail in the middle of a batch.
+    pub fault: Option<Fault>,
+}
+
+impl GroupOptions {
+    pub fn new(layout: ParallelLayout, backend: CommBackend, dtype: DType, device: Device) -> GroupOptions {
+        GroupOptions {
+            layout,
+            backend,
+            dtype,
+            device,
+            timeout: Duration::from_secs(600),
+            start_timeout: Duration::from_secs(3600),
+            job_timeout: Duration::from_secs(3600),
+            delivery: Delivery::Channel,
+            fault: None,
+        }
+    }
+}
+
+/// Why a group could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{rank} could not start: {message}")]
+    RankStart { rank: RankId, message: String },
+    #[error("the group did not start within {seconds:.0} s: ranks {missing:?} have not finished loading")]
+    StartTimeout { seconds: f64, missing: Vec<usize> },
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// The first failure of any rank; once set, the group is unhealthy for good.
+#[derive(Default)]
+pub struct Health {
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn fail(&self, reason: &str) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            tracing::error!(reason, "worker group failed");
+            *failure = Some(reason.to_string());
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+struct Job {
+    id: u64,
+    layouts: Vec<BatchLayout>,
+}
+
+enum Command {
+    Run(Arc<Job>),
+    Shutdown,
+}
+
+struct Reply {
+    id: u64,
+    outcomes: Vec<BatchOutcome>,
+}
+
+/// The feeding side of a worker group: an engine [`Forward`] backend.
+pub struct Group {
+    options: GroupOptions,
+    /// Channels of the rank threads that take jobs from here.
+    commands: Vec<Sender<Command>>,
+    replies: Receiver<Reply>,
+    health: Arc<Health>,
+    threads: Vec<JoinHandle<()>>,
+    next_job: std::cell::Cell<u64>,
+}
+
+/// Load `source` as a worker group and put it behind a [`Scorer`]. The layout
+/// is checked against the model's shapes first (the error names the numbers).
+pub fn load_scorer(source: &ModelSource, options: &GroupOptions) -> Result<Scorer, GroupError> {
+    let (config, tokenizer, weights) = source.load()?;
+    check_vocab(&config, tokenizer.vocab_size())?;
+    let group = Group::start(&config, Arc::new(weights), options)?;
+    Ok(Scorer::from_parts(source.name(), config, tokenizer, Box::new(group)))
+}
+
+impl Group {
+    /// Start every rank of the group in this process, each loading its own slices.
+    pub fn start(config: &Config, weights: Arc<Weights>, options: &GroupOptions) -> Result<Group, GroupError> {
+        options.layout.validate(config).map_err(ModelError::from)?;
+        let setup = match options.backend {
+            CommBackend::Threads => CommSetup::Threads(ThreadsHub::new(options.timeout)),
+            CommBackend::Nccl => CommSetup::nccl_in_process(options)?,
+        };
+        let ranks =
+            (0..options.layout.world()).map(|g| (RankId::new(g, options.layout), rank_device(options.device, g)));
+        Self::launch(config, weights, options, ranks.collect(), setup)
+    }
+
+    /// Start the ranks `hosted` (global id, device) of a group whose other ranks
+    /// (if any) live in other processes, connected through `setup`.
+    pub(crate) fn launch(
+        config: &Config,
+        weights: Arc<Weights>,
+        options: &GroupOptions,
+        hosted: Vec<(RankId, Device)>,
+        setup: CommSetup,
+    ) -> Result<Group, GroupError> {
+        let health = Arc::new(Health::default());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (reply_tx, replies) = mpsc::channel();
+        let mut commands = Vec::new();
+        let mut threads = Vec::new();
+        for &(id, device) in &hosted {
+            let (tx, rx) = mpsc::channel();
+            let takes_jobs_here = id.global == 0 || options.delivery == Delivery::Channel;
+            if takes_jobs_here {
+                commands.push(tx);
+            }
+            let start = RankStart {
+                id,
+                device,
+                config: config.clone(),
+                weights: Arc::clone(&weights),
+                options: options.clone(),
+                setup: setup.clone(),
+                health: Arc::clone(&health),
+                ready: ready_tx.clone(),
+                commands: takes_jobs_here.then_some(rx),
+                replies: (id.global == 0).then(|| reply_tx.clone()),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("rank-{}", id.global))
+                .spawn(move || rank_main(start))
+                .map_err(|e| GroupError::Backend(format!("cannot start a thread for {id}: {e}")))?;
+            threads.push(thread);
+        }
+        let group = Group { options: options.clone(), commands, replies, health, threads, next_job: 0.into() };
+        let deadline = Instant::now() + options.start_timeout;
+        let mut waiting: Vec<usize> = hosted.iter().map(|(id, _)| id.global).collect();
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ready_rx.recv_timeout(left) {
+                Ok((rank, Ok(()))) => waiting.retain(|&g| g != rank.global),
+                Ok((rank, Err(message))) => {
+                    setup.abort(&format!("{rank} could not start: {message}"));
+                    return Err(GroupError::RankStart { rank, message });
+                }
+                Err(_) => {
+                    setup.abort("the group did not start in time");
+                    let seconds = options.start_timeout.as_secs_f64();
+                    return Err(GroupError::StartTimeout { seconds, missing: waiting });
+                }
+            }
+        }
+        Ok(group)
+    }
+
+    fn failed(&self, batches: usize, message: String) -> Vec<Result<BatchScores, ModelError>> {
+        (0..batches).map(|_| Err(ModelError::Group(message.clone()))).collect()
+    }
+}
+
+impl Forward for Group {
+    fn forward(&self, batches: &[BatchLayout]) -> Vec<Result<BatchScores, ModelError>> {
+        if let Some(reason) = self.health.failure() {
+            return self.failed(batches.len(), format!("the group is unhealthy ({reason}); restart the worker"));
+        }
+        let id = self.next_job.get();
+        self.next_job.set(id + 1);
+        let job = Arc::new(Job { id, layouts: batches.to_vec() });
+        for commands in &self.commands {
+            if commands.send(Command::Run(Arc::clone(&job))).is_err() {
+                self.health.fail("a rank thread has exited");
+            }
+        }
+        let deadline = Instant::now() + self.options.job_timeout;
+        loop {
+            match self.replies.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(reply) if reply.id == id => {
+                    return reply.outcomes.into_iter().map(|o| o.map_err(ModelError::Group)).collect();
+                }
+                Ok(_) => continue, // the answer to an earlier job that timed out
+                Err(RecvTimeoutError::Timeout) => {
+                    let secs = self.options.job_timeout.as_secs_f64();
+                    self.health.fail(&format!("rank 0 did not answer within {secs:.0} s"));
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.health.fail("rank 0's thread has exited");
+                    break;
+                }
+            }
+        }
+        let reason = self.health.failure().unwrap_or_default();
+        self.failed(batches.len(), reason)
+    }
+
+    fn micro_batches(&self) -> usize {
+        self.options.layout.pp
+    }
+
+    fn healthy(&self) -> bool {
+        self.health.failure().is_none()
+    }
+
+    fn describe(&self) -> String {
+        let device = match self.options.device {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(i) => format!("cuda:{i}.."),
+            other => format!("{other:?}"),
+        };
+        let backend = match self.options.backend {
+            CommBackend::Threads => "threads",
+            CommBackend::Nccl => "nccl",
+        };
+        let (tp, pp) = (self.options.layout.tp, self.options.layout.pp);
+        format!("{device}, {:?}, tp={tp}, pp={pp}, {backend}", self.options.dtype.kind())
+    }
+}
+
+impl Drop for Group {
+    /// Ask every rank to stop and wait a little for them; a rank that hangs is left behind.
+    fn drop(&mut self) {
+        for commands in &self.commands {
+            let _ = commands.send(Command::Shutdown);
+        }
+        self.commands.clear();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for thread in self.threads.drain(..) {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Rank `g` of this process on `device`: CUDA ranks take consecutive devices.
+fn rank_device(device: Device, g: usize) -> Device {
+    match device {
+        Device::Cuda(first) => Device::Cuda(first + g),
+        other => other,
+    }
+}
+
+/// A rank's (tensor-parallel group, whole group) communicators.
+pub(crate) type RankComms = (Arc<dyn Comm>, Arc<dyn Comm>);
+
+/// How a rank builds its communicators.
+#[derive(Clone)]
+pub(crate) enum CommSetup {
+    Threads(Arc<ThreadsHub>),
+    #[cfg(feature = "nccl")]
+    Nccl(Arc<super::nccl::GroupIds>),
+}
+
+impl CommSetup {
+    fn nccl_in_process(options: &GroupOptions) -> Result<CommSetup, GroupError> {
+        #[cfg(feature = "nccl")]
+        {
+            let ids = super::nccl::GroupIds::generate(options.layout).map_err(GroupError::Backend)?;
+            Ok(CommSetup::Nccl(Arc::new(ids)))
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = options;
+            Err(GroupError::Backend(super::NCCL_NOT_BUILT.into()))
+        }
+    }
+
+    /// This rank's (tensor-parallel group, world) communicators.
+    fn connect(
+        &self,
+        id: RankId,
+        options: &GroupOptions,
+        device: Device,
+    ) -> Result<RankComms, String> {
+        let layout = options.layout;
+        let stage_ranks: Vec<usize> = (id.stage * layout.tp..(id.stage + 1) * layout.tp).collect();
+        let tp_name = format!("tensor-parallel group of stage {} (global ranks {stage_ranks:?})", id.stage);
+        match self {
+            CommSetup::Threads(hub) => {
+                let world = (0..layout.world()).collect();
+                let tp = ThreadComm::new(Arc::clone(hub), 1 + id.stage, tp_name, stage_ranks, id.tp_rank, device);
+                let world = ThreadComm::new(Arc::clone(hub), 0, "worker group", world, id.global, device);
+                Ok((Arc::new(tp), Arc::new(world)))
+            }
+            #[cfg(feature = "nccl")]
+            CommSetup::Nccl(ids) => ids.connect(id, layout, device, options.timeout, tp_name),
+        }
+    }
+
+    fn abort(&self, reason: &str) {
+        match self {
+            CommSetup::Threads(hub) => hub.abort(reason),
+            #[cfg(feature = "nccl")]
+            CommSetup::Nccl(_) => {} // each rank aborts its own communicators
+        }
+    }
+}
+
+/// What a rank thread needs to start.
+struct RankStart {
+    id: RankId,
+    device: Device,
+    config: Config,
+    weights: Arc<Weights>,
+    options: GroupOptions,
+    setup: CommSetup,
+    health: Arc<Health>,
+    ready: Sender<(RankId, Result<(), String>)>,
+    commands: Option<Receiver<Command>>,
+    replies: Option<Sender<Reply>>,
+}
+
+impl RankStart {
+    fn build(&self) -> Result<RankWorker, String> {
+        let (tp, world) = self.setup.connect(self.id, &self.options, self.device)?;
+        let tp = match self.options.fault {
+            Some(fault) if fault.rank == self.id.global => FaultyComm::wrap(tp, fault),
+            _ => tp,
+        };
+        let layout = self.options.layout;
+        let stage = StagePlan::new(self.config.num_layers, self.id.stage, layout.pp).map_err(|e| e.to_string())?;
+        let kind = self.options.dtype.kind();
+        let model =
+            NemotronRewardModel::load_stage(&self.config, &self.weights, kind, self.device, Arc::clone(&tp), stage)
+                .map_err(|e| e.to_string())?;
+        Ok(RankWorker { id: self.id, layout, model, world, tp })
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => format!("panicked: {s}"),
+        (_, Some(s)) => format!("panicked: {s}"),
+        _ => "panicked".into(),
+    }
+}
+
+fn rank_main(start: RankStart) {
+    let id = start.id;
+    let worker = match std::panic::catch_unwind(AssertUnwindSafe(|| start.build())) {
+        Ok(Ok(worker)) => worker,
+        Ok(Err(message)) => return drop(start.ready.send((id, Err(message)))),
+        Err(panic) => return drop(start.ready.send((id, Err(panic_message(panic))))),
+    };
+    tracing::debug!(rank = id.global, stage = id.stage, tp_rank = id.tp_rank, "rank loaded");
+    let _ = start.ready.send((id, Ok(())));
+    let feed = match (start.commands, start.options.delivery) {
+        (Some(commands), Delivery::Channel) => Feed::Channel(commands),
+        (Some(commands), Delivery::Broadcast) => Feed::Leader(commands, start.options.timeout / 4),
+        (None, _) => Feed::Follower,
+    };
+    loop {
+        let job = match feed.next(&worker) {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(message) => return fail(&worker, &start.health, None, &start.replies, message),
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(&job.layouts)));
+        let message = match outcome {
+            Ok(Ok(outcomes)) => {
+                if let Some(replies) = &start.replies {
+                    let _ = replies.send(Reply { id: job.id, outcomes });
+                }
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => panic_message(panic),
+        };
+        return fail(&worker, &start.health, Some(&job), &start.replies, message);
+    }
+}
+
+/// This rank failed: record why, abort its communicators (its peers stop
+/// waiting for it), and on rank 0 answer the job with the group's first failure.
+fn fail(worker: &RankWorker, health: &Health, job: Option<&Job>, replies: &Option<Sender<Reply>>, message: String) {
+    let reason = format!("{} failed: {message}", worker.id);
+    health.fail(&reason);
+    worker.world.abort(&reason);
+    worker.tp.abort(&reason);
+    if let (Some(job), Some(replies)) = (job, replies) {
+        let first = health.failure().unwrap_or(reason);
+        let _ = replies.send(Reply { id: job.id, outcomes: job.layouts.iter().map(|_| Err(first.clone())).collect() });
+    }
+}
+
+/// Where a rank's next job comes from.
+enum Feed {
+    Channel(Receiver<Command>),
+    /// Rank 0 with ranks in other processes: takes jobs from the channel and
+    /// broadcasts them; broadcasts a heartbeat after this long without one.
+    Leader(Receiver<Command>, Duration),
+    Follower,
+}
+
+const HEARTBEAT: i64 = 0;
+const RUN: i64 = 1;
+const SHUTDOWN: i64 = 2;
+
+impl Feed {
+    fn next(&self, worker: &RankWorker) -> Result<Option<Arc<Job>>, String> {
+        match self {
+            Feed::Channel(commands) => match commands.recv() {
+                Ok(Command::Run(job)) => Ok(Some(job)),
+                Ok(Command::Shutdown) | Err(_) => Ok(None),
+            },
+            Feed::Leader(commands, heartbeat) => loop {
+                match commands.recv_timeout(*heartbeat) {
+                    Ok(Command::Run(job)) => {
+                        let data = encode_job(&job.layouts);
+                        broadcast(worker, &[RUN, data.len() as i64])?;
+                        broadcast(worker, &data)?;
+                        return Ok(Some(job));
+                    }
+                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                        let _ = broadcast(worker, &[SHUTDOWN, 0]);
+                        return Ok(None);
+                    }
+                    Err(RecvTimeoutError::Timeout) => drop(broadcast(worker, &[HEARTBEAT, 0])?),
+                }
+            },
+            Feed::Follower => loop {
+                let header = broadcast(worker, &[0, 0])?;
+                match header[0] {
+                    HEARTBEAT => continue,
+                    SHUTDOWN => return Ok(None),
+                    RUN => {
+                        let data = broadcast(worker, &vec![0; header[1].max(0) as usize])?;
+                        let layouts = decode_job(&data).map_err(|e| e.to_string())?;
+                        return Ok(Some(Arc::new(Job { id: 0, layouts })));
+                    }
+                    other => return Err(format!("rank 0 broadcast an unknown command {other}")),
+                }
+            },
+        }
+    }
+}
+
+/// Broadcast `data` from global rank 0 (the others pass a buffer of the same length).
+fn broadcast(worker: &RankWorker, data: &[i64]) -> Result<Vec<i64>, String> {
+    let t = Tensor::from_slice(data).f_to_device(worker.model.device).map_err(|e| e.to_string())?;
+    let out = worker.world.broadcast(&t, 0).map_err(|e| e.to_string())?;
+    let out = out.f_to_device(Device::Cpu).and_then(|t| t.f_to_kind(Kind::Int64)).map_err(|e| e.to_string())?;
+    Vec::<i64>::try_from(&out).map_err(|e| e.to_string())
+}
