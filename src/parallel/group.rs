@@ -330,12 +330,7 @@ impl CommSetup {
     }
 
     /// This rank's (tensor-parallel group, world) communicators.
-    fn connect(
-        &self,
-        id: RankId,
-        options: &GroupOptions,
-        device: Device,
-    ) -> Result<RankComms, String> {
+    fn connect(&self, id: RankId, options: &GroupOptions, device: Device) -> Result<RankComms, String> {
         let layout = options.layout;
         let stage_ranks: Vec<usize> = (id.stage * layout.tp..(id.stage + 1) * layout.tp).collect();
         let tp_name = format!("tensor-parallel group of stage {} (global ranks {stage_ranks:?})", id.stage);
@@ -427,6 +422,7 @@ fn rank_main(start: RankStart) {
                 }
                 continue;
             }
+            Ok(Err(ModelError::Group(message) | ModelError::Device(message))) => message,
             Ok(Err(e)) => e.to_string(),
             Err(panic) => panic_message(panic),
         };

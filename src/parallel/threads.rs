@@ -9,6 +9,12 @@
 //! mailbox per (sender, receiver) that holds at most [`MAILBOX_DEPTH`] tensors,
 //! so a fast stage cannot run arbitrarily far ahead of a slow one (NCCL's send
 //! also waits for its receiver).
+//!
+//! Sends and receives wait twice the collective timeout: a pipeline stage
+//! legitimately waits for a whole stage's work upstream, and when a rank hangs
+//! inside a collective, its tensor-parallel peers (whose timeouts name it) give
+//! up first and abort the group, instead of the next stage blaming the peer it
+//! was waiting for.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +68,7 @@ pub struct ThreadsHub {
 }
 
 impl ThreadsHub {
-    /// `timeout` bounds every wait of every operation.
+    /// `timeout` bounds every wait of a collective; sends and receives wait twice as long.
     pub fn new(timeout: Duration) -> Arc<ThreadsHub> {
         Arc::new(ThreadsHub { state: Mutex::new(HubState::default()), wake: Condvar::new(), timeout })
     }
@@ -261,7 +267,7 @@ impl Comm for ThreadComm {
         let copy = t.f_detach_copy().map_err(|e| self.failed("send", e.to_string()))?;
         let key = (self.members[self.rank], peer);
         let started = Instant::now();
-        let deadline = started + self.hub.timeout;
+        let deadline = started + 2 * self.hub.timeout;
         let mut state = self.hub.lock();
         loop {
             if let Some(reason) = &state.aborted {
@@ -287,7 +293,7 @@ impl Comm for ThreadComm {
         };
         let key = (peer, self.members[self.rank]);
         let started = Instant::now();
-        let deadline = started + self.hub.timeout;
+        let deadline = started + 2 * self.hub.timeout;
         let mut state = self.hub.lock();
         loop {
             if let Some(reason) = &state.aborted {
