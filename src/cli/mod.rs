@@ -4,6 +4,7 @@ mod annotate;
 mod bench;
 mod common;
 mod eval;
+mod plan;
 mod progress;
 mod reward_args;
 mod score;
@@ -30,6 +31,8 @@ pub enum Command {
     TuneWeights(tune::TuneArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
+    /// Per-rank memory and traffic of a tensor x pipeline parallel layout, and whether it fits.
+    Plan(plan::PlanArgs),
 }
 
 /// Exit status: 0 all good, 1 some records failed, 2 the run could not start or finish.
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Annotate(args) => annotate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::TuneWeights(args) => tune::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@
 pub mod comm;
 pub mod fault;
 pub mod group;
+pub mod memory;
 pub mod plan;
 pub mod rank;
 pub mod threads;
