@@ -109,7 +109,11 @@ fn layouts_the_shapes_refuse_name_the_numbers() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("layout tp=5 pp=1: 96 attention heads do not divide into 5 tensor-parallel ranks"));
     let out = run(&["plan", "--config", CONFIG, "--tp", "12", "--gpu-memory", "80"]);
-    assert!(stderr(&out).contains("layout tp=12 pp=1: 8 kv heads cannot be replicated evenly over 12"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("layout tp=12 pp=1: 8 kv heads cannot be replicated evenly over 12"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["plan", "--config", CONFIG, "--pp", "97", "--gpu-memory", "80"]);
     assert!(stderr(&out).contains("97 pipeline stages but the model has only 96 layers"), "{}", stderr(&out));
 }

@@ -6,6 +6,7 @@ mod common;
 mod eval;
 mod plan;
 mod progress;
+mod rendezvous;
 mod reward_args;
 mod score;
 mod tune;
@@ -33,6 +34,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Per-rank memory and traffic of a tensor x pipeline parallel layout, and whether it fits.
     Plan(plan::PlanArgs),
+    /// Run the worker group's rendezvous with random ids and print what arrived (diagnostics, tests).
+    #[command(hide = true)]
+    RendezvousCheck(rendezvous::RendezvousArgs),
 }
 
 /// Exit status: 0 all good, 1 some records failed, 2 the run could not start or finish.
@@ -44,6 +48,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Eval(args) => eval::run(args),
         Command::TuneWeights(args) => tune::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::RendezvousCheck(args) => rendezvous::run(args),
     };
     match result {
         Ok(code) => code,

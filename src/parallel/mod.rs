@@ -12,6 +12,7 @@ pub mod group;
 pub mod memory;
 pub mod plan;
 pub mod rank;
+pub mod rendezvous;
 pub mod threads;
 
 pub use comm::{Comm, CommError, SingleRank};
