@@ -72,7 +72,17 @@ impl ModelArgs {
             });
             let mut options = GroupOptions::new(layout, backend, self.dtype, device);
             options.timeout = std::time::Duration::from_secs_f64(self.comm_timeout);
-            parallel::start_scorer(&source, &options).map_err(|e| format!("cannot start the worker group: {e}"))?
+            match parallel::start_scorer(&source, &options)
+                .map_err(|e| format!("cannot start the worker group: {e}"))?
+            {
+                parallel::Started::Scorer(scorer) => scorer,
+                // A follower rank of a multi-process group has served until rank 0 finished.
+                parallel::Started::Follower(Ok(())) => std::process::exit(0),
+                parallel::Started::Follower(Err(e)) => {
+                    eprintln!("reward-worker: error: the worker group failed: {e}");
+                    std::process::exit(2)
+                }
+            }
         } else {
             Scorer::load(&source, self.dtype, device).map_err(|e| format!("cannot load the model: {e}"))?
         };

@@ -85,6 +85,8 @@ pub enum GroupError {
     StartTimeout { seconds: f64, missing: Vec<usize> },
     #[error("{0}")]
     Backend(String),
+    #[error(transparent)]
+    Rendezvous(#[from] super::rendezvous::RendezvousError),
 }
 
 /// The first failure of any rank; once set, the group is unhealthy for good.
@@ -212,6 +214,15 @@ impl Group {
             }
         }
         Ok(group)
+    }
+
+    /// Wait until every rank thread of this process has stopped (a follower
+    /// process: rank 0 broadcast the shutdown, or the group failed).
+    pub fn wait_finished(mut self) -> Result<(), String> {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.health.failure().map_or(Ok(()), Err)
     }
 
     fn failed(&self, batches: usize, message: String) -> Vec<Result<BatchScores, ModelError>> {
@@ -401,7 +412,13 @@ fn rank_main(start: RankStart) {
         Ok(Err(message)) => return drop(start.ready.send((id, Err(message)))),
         Err(panic) => return drop(start.ready.send((id, Err(panic_message(panic))))),
     };
-    tracing::debug!(rank = id.global, stage = id.stage, tp_rank = id.tp_rank, "rank loaded");
+    if let Err(e) = worker.warm_up() {
+        let message = format!("connecting to the other ranks: {e}");
+        worker.world.abort(&message);
+        worker.tp.abort(&message);
+        return drop(start.ready.send((id, Err(message))));
+    }
+    tracing::debug!(rank = id.global, stage = id.stage, tp_rank = id.tp_rank, "rank loaded and connected");
     let _ = start.ready.send((id, Ok(())));
     let feed = match (start.commands, start.options.delivery) {
         (Some(commands), Delivery::Channel) => Feed::Channel(commands),

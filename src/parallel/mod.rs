@@ -9,7 +9,10 @@
 pub mod comm;
 pub mod fault;
 pub mod group;
+pub mod launch;
 pub mod memory;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod plan;
 pub mod rank;
 pub mod rendezvous;
@@ -18,17 +21,10 @@ pub mod threads;
 pub use comm::{Comm, CommError, SingleRank};
 pub use fault::{Fault, FaultKind};
 pub use group::{load_scorer, Delivery, Group, GroupError, GroupOptions};
+pub use launch::{start_scorer, Started};
 pub use plan::{ShardPlan, StagePlan};
 pub use threads::{ThreadComm, ThreadsHub};
 
 /// The error for `--backend nccl` in a build without the `nccl` feature.
 pub const NCCL_NOT_BUILT: &str =
     "--backend nccl: this build has no NCCL support (rebuild with `cargo build --release --features nccl`)";
-
-/// The scorer the CLI runs: a worker group in this process.
-pub fn start_scorer(
-    source: &crate::engine::ModelSource,
-    options: &GroupOptions,
-) -> Result<crate::engine::Scorer, GroupError> {
-    load_scorer(source, options)
-}

@@ -76,6 +76,31 @@ impl RankWorker {
         self.collect_scores(&batches, scores)
     }
 
+    /// One small exchange over every path a job uses (both communicators, each
+    /// pipeline link, the scores' way back), so that connections are set up at
+    /// start-up under the timeout rather than in the first batch.
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let _guard = tch::no_grad_guard();
+        self.world.barrier().map_err(comm)?;
+        self.tp.barrier().map_err(comm)?;
+        let (tp, g) = (self.layout.tp, self.id.global);
+        let one = Tensor::f_ones([1], (Kind::Float, self.model.device))?;
+        if !self.model.stage.is_first() {
+            let _ = self.world.recv(g - tp, &[1], Kind::Float).map_err(comm)?;
+        }
+        if !self.model.stage.is_last() {
+            self.world.send(&one, g + tp).map_err(comm)?;
+        }
+        let scorer = (self.layout.pp - 1) * tp;
+        if g == scorer && scorer != 0 {
+            self.world.send(&one, 0).map_err(comm)?;
+        }
+        if g == 0 && scorer != 0 {
+            let _ = self.world.recv(scorer, &[1], Kind::Float).map_err(comm)?;
+        }
+        Ok(())
+    }
+
     /// The batch on this rank's device. A layout that cannot be packed fails the
     /// same way on every rank, before any communication, so that batch fails
     /// alone and the group goes on; anything else is a failure of this rank.

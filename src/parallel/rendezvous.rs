@@ -174,7 +174,7 @@ pub fn exchange_group_ids(
     }
     let fail = |message: String| RendezvousError::Exchange { addr: env.addr(), message };
     let world_id = if env.rank == 0 { make_id().map_err(&fail)? } else { Vec::new() };
-    let stage_id = if env.rank % layout.tp == 0 { make_id().map_err(&fail)? } else { Vec::new() };
+    let stage_id = if env.rank.is_multiple_of(layout.tp) { make_id().map_err(&fail)? } else { Vec::new() };
     let payload = frame(&[&world_id, &stage_id]);
     let tag = format!("tp={} pp={}", layout.tp, layout.pp);
     let all = all_gather_bytes(env, &tag, &payload, timeout)?;
