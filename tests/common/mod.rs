@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pipeline;
+pub mod random_model;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
