@@ -11,6 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// Peak resident bytes of `reward-worker score --model dir ARGS` on one record.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
 fn peak_rss(dir: &std::path::Path, args: &[&str]) -> u64 {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reward-worker"))
         .args(["score", "--model", path_str(dir), "--threads", "1"])
