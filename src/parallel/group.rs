@@ -407,6 +407,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 
 fn rank_main(start: RankStart) {
     let id = start.id;
+    let _span = tracing::info_span!("rank", rank = id.global, stage = id.stage, tp_rank = id.tp_rank).entered();
     let worker = match std::panic::catch_unwind(AssertUnwindSafe(|| start.build())) {
         Ok(Ok(worker)) => worker,
         Ok(Err(message)) => return drop(start.ready.send((id, Err(message)))),
