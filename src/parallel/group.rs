@@ -520,3 +520,52 @@ fn broadcast(worker: &RankWorker, data: &[i64]) -> Result<Vec<i64>, String> {
     let out = out.f_to_device(Device::Cpu).and_then(|t| t.f_to_kind(Kind::Int64)).map_err(|e| e.to_string())?;
     Vec::<i64>::try_from(&out).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::LocalModel;
+    use crate::model::LayoutSeq;
+    use crate::parallel::SingleRank;
+
+    /// Ranks split over two `Group`s sharing one hub behave like the processes
+    /// of a launched group: rank 0 feeds by broadcast, the others follow until
+    /// rank 0 shuts the group down.
+    #[test]
+    fn followers_in_another_group_serve_until_rank_zero_shuts_down() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-nemotron-rm");
+        let (config, _, weights) = ModelSource::Dir(dir).load().unwrap();
+        let weights = Arc::new(weights);
+        let layout = ParallelLayout { tp: 2, pp: 2 };
+        let mut options = GroupOptions::new(layout, CommBackend::Threads, DType::F32, Device::Cpu);
+        options.delivery = Delivery::Broadcast;
+        options.timeout = Duration::from_secs(60);
+        let hub = ThreadsHub::new(options.timeout);
+        let followers = {
+            let (config, weights, options, hub) =
+                (config.clone(), Arc::clone(&weights), options.clone(), Arc::clone(&hub));
+            std::thread::spawn(move || {
+                let ranks = (1..4).map(|g| (RankId::new(g, layout), Device::Cpu)).collect();
+                Group::launch(&config, weights, &options, ranks, CommSetup::Threads(hub)).unwrap().wait_finished()
+            })
+        };
+        let ranks = vec![(RankId::new(0, layout), Device::Cpu)];
+        let leader = Group::launch(&config, Arc::clone(&weights), &options, ranks, CommSetup::Threads(hub)).unwrap();
+        let batch = |n: i64| BatchLayout {
+            seqs: vec![LayoutSeq { tokens: (4..4 + n).collect(), probes: vec![(6, n / 2), (6, n)] }],
+        };
+        let layouts = vec![batch(9), batch(17), batch(5)];
+        let got: Vec<BatchScores> = leader.forward(&layouts).into_iter().map(Result::unwrap).collect();
+        let model =
+            NemotronRewardModel::load(&config, &weights, Kind::Float, Device::Cpu, Arc::new(SingleRank)).unwrap();
+        let one = LocalModel { model };
+        for (layout, scores) in layouts.iter().zip(&got) {
+            let want = one.forward_one(layout).unwrap();
+            let diff =
+                want.iter().flatten().zip(scores.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff < 1e-4, "{diff}");
+        }
+        drop(leader);
+        assert_eq!(followers.join().unwrap(), Ok(()));
+    }
+}
