@@ -15,6 +15,7 @@ pub mod memory;
 pub mod nccl;
 pub mod plan;
 pub mod rank;
+mod rank_thread;
 pub mod rendezvous;
 pub mod threads;
 
