@@ -28,7 +28,7 @@ use crate::config::{CommBackend, Config, DType, ParallelLayout};
 use crate::engine::{check_vocab, BatchScores, Forward, ModelSource, Scorer};
 use crate::model::{BatchLayout, ModelError, Weights};
 
-pub(crate) use super::rank_thread::{CommSetup, RankComms};
+pub(crate) use super::rank_thread::CommSetup;
 
 /// How jobs reach the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use cudarc::driver::{result as cu, sys as cusys};
 use cudarc::nccl::sys as nccl;
 
 use super::comm::{Comm, CommError};
-use super::group::RankComms;
+use super::rank_thread::RankComms;
 use super::rank::RankId;
 use super::rendezvous::GroupIdBytes;
 use crate::config::ParallelLayout;
