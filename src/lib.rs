@@ -15,8 +15,10 @@
 //! - [`chat`]: input formats (seed `conversations`, OpenAI `messages`), the
 //!   SteerLM template, tokenisation, and the one-pass layout that scores every
 //!   assistant turn with probe tokens.
-//! - [`parallel`]: the [`parallel::Comm`] handle the model all-reduces through
-//!   (a no-op for one rank) and the tensor-parallel shard plan.
+//! - [`parallel`]: the worker group: the [`parallel::Comm`] trait the model
+//!   all-reduces through (a no-op for one rank) with its threads and NCCL
+//!   backends, the launcher rendezvous, the shard and stage plans, the group
+//!   behind the engine's `Forward`, and the arithmetic of `plan`.
 //! - [`engine`]: [`engine::Scorer`] = model + tokenizer; prepares records and
 //!   scores them in token-budget batches.
 //! - [`batching`]: grouping by token budget.

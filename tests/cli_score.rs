@@ -218,10 +218,12 @@ fn broken_models_give_errors_that_name_the_problem() {
 }
 
 #[test]
-fn parallel_layouts_this_build_cannot_run_are_refused_clearly() {
-    let out = run_cli(&["score", "--tp", "2"], &format!("{GOOD}\n"));
+fn layouts_the_model_cannot_split_and_missing_devices_are_refused_clearly() {
+    // The demo model has 6 heads: 4 ranks cannot split them (tests/group_parity.rs runs the layouts that work).
+    let out = run_cli(&["score", "--tp", "4"], &format!("{GOOD}\n"));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tp 2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("layout tp=4 pp=1: 6 attention heads do not divide into 4 tensor-parallel ranks"), "{err}");
     let out = run_cli(&["score", "--device", "cuda:0"], &format!("{GOOD}\n"));
     if !tch::Cuda::is_available() {
         assert_eq!(out.status.code(), Some(2));

@@ -3,4 +3,4 @@
 
 pub mod prefix_tree;
 
-pub use prefix_tree::{PlannedBatch, PrefixTree, ReadoutId};
+pub use prefix_tree::{layout_of, PlannedBatch, PrefixTree, ReadoutId};

@@ -159,6 +159,21 @@ impl PrefixTree {
     }
 }
 
+/// A sequence as `(tokens, [(probe token, prefix length)])`.
+pub type PlainSequence = (Vec<i64>, Vec<(i64, i64)>);
+
+/// One batch holding `seqs`, whatever its size (tests and tools; the engine
+/// plans by budget).
+pub fn layout_of(seqs: &[PlainSequence]) -> BatchLayout {
+    let mut tree = PrefixTree::new();
+    for (tokens, probes) in seqs {
+        for &(token, prefix) in probes {
+            tree.insert(&tokens[..prefix as usize], token);
+        }
+    }
+    tree.plan(usize::MAX).pop().map(|b| b.layout).unwrap_or_default()
+}
+
 #[derive(Default)]
 struct BatchBuilder {
     /// Nodes in depth-first order, closed under ancestors.

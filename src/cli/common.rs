@@ -6,16 +6,19 @@ use clap::Args;
 use std::path::PathBuf;
 
 use crate::chat::Truncate;
-use crate::config::Config;
+use crate::config::{CommBackend, Config, ParallelLayout};
 use crate::engine::{ModelSource, ScoreOptions, Scorer};
 use crate::files::lines::{record_line_limit, MAX_LINE_BYTES};
 use crate::model::{parse_device, DType};
+use crate::parallel::{self, GroupOptions};
 
 /// Records (or pairs) read and scored together.
 pub const MAX_CHUNK: u64 = 1 << 16;
 /// Tokens in one forward batch: far beyond any device's memory for these models.
 pub const MAX_BATCH_TOKENS: u64 = 1 << 24;
 pub const MAX_THREADS: u64 = 1024;
+/// Ranks per dimension of the parallel layout.
+pub const MAX_RANKS: u64 = 1024;
 
 /// An integer in `lo..=hi`, for clap's `value_parser`.
 pub fn in_range(text: &str, lo: u64, hi: u64) -> Result<u64, String> {
@@ -53,12 +56,19 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Tensor-parallel ranks.
-    #[arg(long, default_value_t = 1)]
+    /// Tensor-parallel ranks per pipeline stage, 1..=1024.
+    #[arg(long, default_value_t = 1, value_parser = ranks)]
     pub tp: usize,
-    /// Pipeline-parallel stages.
-    #[arg(long, default_value_t = 1)]
+    /// Pipeline-parallel stages, 1..=1024.
+    #[arg(long, default_value_t = 1, value_parser = ranks)]
     pub pp: usize,
+    /// How the ranks talk: `threads` (one process, shared memory) or `nccl` (GPUs).
+    /// Default: nccl with --device cuda, threads on cpu.
+    #[arg(long, value_enum)]
+    pub backend: Option<CommBackend>,
+    /// Seconds a rank waits for its peers in any collective before the group fails.
+    #[arg(long, default_value_t = 600.0)]
+    pub comm_timeout: f64,
     /// CPU threads for the model, 1..=1024 (default: libtorch's choice).
     #[arg(long, value_parser = threads)]
     pub threads: Option<i32>,
@@ -79,12 +89,6 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Scorer, String> {
-        if self.tp != 1 || self.pp != 1 {
-            return Err(format!(
-                "--tp {} --pp {}: this build scores on one rank; the tensor x pipeline parallel group is not available yet",
-                self.tp, self.pp
-            ));
-        }
         if let Some(n) = self.threads {
             tch::set_num_threads(n);
         }
@@ -92,8 +96,32 @@ impl ModelArgs {
         let dtype = self.resolved_dtype(device);
         let source = self.source();
         let started = std::time::Instant::now();
-        let scorer = Scorer::load(&source, dtype, device).map_err(|e| format!("cannot load the model: {e}"))?;
-        tracing::info!(model = %scorer.name, dtype = dtype.name(), device = %self.device,
+        let layout = ParallelLayout { tp: self.tp, pp: self.pp };
+        let scorer = if layout.world() > 1 || self.backend == Some(CommBackend::Nccl) {
+            if !(self.comm_timeout > 0.0 && self.comm_timeout.is_finite()) {
+                return Err(format!("--comm-timeout must be a positive number of seconds, got {}", self.comm_timeout));
+            }
+            let backend = self.backend.unwrap_or(match device {
+                tch::Device::Cuda(_) => CommBackend::Nccl,
+                _ => CommBackend::Threads,
+            });
+            let mut options = GroupOptions::new(layout, backend, dtype, device);
+            options.timeout = std::time::Duration::from_secs_f64(self.comm_timeout);
+            match parallel::start_scorer(&source, &options)
+                .map_err(|e| format!("cannot start the worker group: {e}"))?
+            {
+                parallel::Started::Scorer(scorer) => scorer,
+                // A follower rank of a multi-process group has served until rank 0 finished.
+                parallel::Started::Follower(Ok(())) => std::process::exit(0),
+                parallel::Started::Follower(Err(e)) => {
+                    eprintln!("reward-worker: error: the worker group failed: {e}");
+                    std::process::exit(2)
+                }
+            }
+        } else {
+            Scorer::load(&source, dtype, device).map_err(|e| format!("cannot load the model: {e}"))?
+        };
+        tracing::info!(model = %scorer.name, dtype = dtype.name(), backend = %scorer.describe(),
                        seconds = started.elapsed().as_secs_f64(), "model loaded");
         Ok(scorer)
     }
@@ -156,4 +184,9 @@ impl LineArgs {
             None => Ok(record_line_limit(model.context()?, model.truncate, records)),
         }
     }
+}
+
+/// Tensor-parallel ranks or pipeline stages.
+pub fn ranks(text: &str) -> Result<usize, String> {
+    in_range(text, 1, MAX_RANKS).map(|n| n as usize)
 }

@@ -7,7 +7,9 @@ mod common;
 mod eval;
 mod launch;
 mod overlap;
+mod plan;
 mod progress;
+mod rendezvous;
 mod reward_args;
 mod score;
 mod serve;
@@ -38,6 +40,11 @@ pub enum Command {
     Launch(launch::LaunchArgs),
     /// Time scoring of a JSONL workload (model load excluded) and print tokens/s as JSON.
     Bench(bench::BenchArgs),
+    /// Per-rank memory and traffic of a tensor x pipeline parallel layout, and whether it fits.
+    Plan(plan::PlanArgs),
+    /// Run the worker group's rendezvous with random ids and print what arrived (diagnostics, tests).
+    #[command(hide = true)]
+    RendezvousCheck(rendezvous::RendezvousArgs),
 }
 
 /// Exit status: 0 all good, 1 some records failed, 2 the run could not start or finish.
@@ -51,6 +58,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::TuneWeights(args) => tune::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Launch(args) => launch::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::RendezvousCheck(args) => rendezvous::run(args),
     };
     match result {
         Ok(code) => code,

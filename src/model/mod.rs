@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod cascade;
+pub mod embedding;
 pub mod flops;
 pub mod nemotron;
 pub mod packed;
@@ -34,6 +35,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("device: {0}")]
     Device(String),
+    #[error("worker group: {0}")]
+    Group(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -85,7 +88,7 @@ pub fn parse_device(spec: &str) -> Result<tch::Device, ModelError> {
 /// The linker drops `libtorch_cuda.so` (nothing references it by symbol), which
 /// would leave CUDA silently unavailable. Load it by hand before asking for a GPU;
 /// the binary's rpath points at the wheel's `torch/lib`, where it lives.
-fn load_torch_cuda() {
+pub(crate) fn load_torch_cuda() {
     for name in [c"libtorch_cuda.so", c"libtorch_cuda_cpp.so", c"libtorch_cuda_cu.so"] {
         // SAFETY: dlopen with a valid C string; the handle is intentionally leaked so
         // the library stays loaded for the life of the process.

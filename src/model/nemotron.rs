@@ -1,6 +1,9 @@
 //! The Nemotron-4 decoder and its nine-way reward head, as plain math over a
 //! packed batch. Tensor parallelism enters only through the shard plan (which
-//! slice of each weight to load) and `Comm::all_reduce` after o_proj and down_proj.
+//! slice of each weight to load) and `Comm::all_reduce` after o_proj and down_proj
+//! (and after the vocabulary-split embedding); pipeline parallelism only through
+//! the stage plan (which layers to load, and whether the embedding or the head
+//! is here).
 //!
 //! A packed batch is a prefix tree of every scored prefix of its records, each
 //! shared prefix computed once ([`super::packed`]); a probe `<extra_id_2>` is a
@@ -12,10 +15,11 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use super::attention::{Attention, Rows};
+use super::embedding::VocabEmbedding;
 use super::packed::PackedBatch;
 use super::rope::{Rotary, RotaryTable};
 use super::{Config, ModelError, Weights};
-use crate::parallel::{Comm, ShardPlan};
+use crate::parallel::{Comm, ShardPlan, StagePlan};
 
 /// LayerNorm1P (`weight + 1`), computed in fp32 and returned in the model dtype.
 struct LayerNorm1P {
@@ -115,21 +119,25 @@ impl RewardHead {
     }
 }
 
-/// A frozen Nemotron-4 reward model (one tensor-parallel rank of it).
+/// A frozen Nemotron-4 reward model, or one rank's part of it: the
+/// tensor-parallel slices of one pipeline stage's layers. The first stage holds
+/// the embedding, the last the final norm and the head.
 pub struct NemotronRewardModel {
     pub config: Config,
     pub kind: Kind,
     pub device: Device,
-    embed: Tensor,
+    pub stage: StagePlan,
+    embed: Option<VocabEmbedding>,
     layers: Vec<Layer>,
-    norm: LayerNorm1P,
-    head: RewardHead,
+    /// The final norm and the reward head (last stage only).
+    head: Option<(LayerNorm1P, RewardHead)>,
     rotary: RotaryTable,
     comm: Arc<dyn Comm>,
 }
 
 impl NemotronRewardModel {
-    /// Load this rank's slice of the model. `lm_head.weight`, if present, is never read.
+    /// Load this tensor-parallel rank's slice of the whole model. `lm_head.weight`,
+    /// if present, is never read.
     pub fn load(
         cfg: &Config,
         weights: &Weights,
@@ -137,11 +145,27 @@ impl NemotronRewardModel {
         device: Device,
         comm: Arc<dyn Comm>,
     ) -> Result<NemotronRewardModel, ModelError> {
+        Self::load_stage(cfg, weights, kind, device, comm, StagePlan::whole(cfg.num_layers))
+    }
+
+    /// Load this tensor-parallel rank's slice of one pipeline stage: only its
+    /// layers' slices are read from the checkpoint.
+    pub fn load_stage(
+        cfg: &Config,
+        weights: &Weights,
+        kind: Kind,
+        device: Device,
+        comm: Arc<dyn Comm>,
+        stage: StagePlan,
+    ) -> Result<NemotronRewardModel, ModelError> {
         let _guard = tch::no_grad_guard();
         let plan = ShardPlan::new(cfg, comm.rank(), comm.world())?;
-        let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], kind, device)?;
-        let mut layers = Vec::with_capacity(cfg.num_layers as usize);
-        for i in 0..cfg.num_layers {
+        let embed = match stage.is_first() {
+            true => Some(VocabEmbedding::load(weights, cfg, &plan, kind, device)?),
+            false => None,
+        };
+        let mut layers = Vec::with_capacity(stage.layers.clone().count());
+        for i in stage.layers.clone() {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 input_norm: LayerNorm1P::load(weights, &format!("{p}.input_layernorm"), cfg, device)?,
@@ -150,31 +174,63 @@ impl NemotronRewardModel {
                 mlp: Mlp::load(weights, &format!("{p}.mlp"), cfg, &plan, kind, device)?,
             });
         }
+        let head = match stage.is_last() {
+            true => {
+                Some((LayerNorm1P::load(weights, "model.norm", cfg, device)?, RewardHead::load(weights, cfg, device)?))
+            }
+            false => None,
+        };
         Ok(NemotronRewardModel {
             config: cfg.clone(),
             kind,
             device,
+            stage,
             embed,
             layers,
-            norm: LayerNorm1P::load(weights, "model.norm", cfg, device)?,
-            head: RewardHead::load(weights, cfg, device)?,
+            head,
             rotary: RotaryTable::new(cfg, device),
             comm,
         })
     }
 
-    /// The nine raw attribute scores of every probe token, `[probes, 9]` fp32 on the CPU.
+    /// The nine raw attribute scores of every probe token, `[probes, 9]` fp32 on
+    /// the CPU. Needs the whole model on this rank's stage.
     pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
-        let mut x = self.embed.f_index_select(0, &batch.input_ids)?;
+        let hidden = self.run_layers(&self.embed(batch)?, batch)?;
+        Ok(self.score(&hidden)?.f_to_device(Device::Cpu)?)
+    }
+
+    /// First stage: `[T, hidden]` embeddings of the batch's tokens.
+    pub fn embed(&self, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+        let embed = self.embed.as_ref().ok_or_else(|| self.not_on_stage("the embedding"))?;
+        embed.forward(&batch.input_ids, self.comm.as_ref())
+    }
+
+    /// This stage's layers over `x` (`[T, hidden]`). The model's last layer
+    /// computes only the probe rows, so on the last stage the result is `[probes, hidden]`.
+    pub fn run_layers(&self, x: &Tensor, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
         let rotary = self.rotary.at(&batch.positions, self.kind);
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let last = self.config.num_layers - 1;
+        let mut x = x.shallow_clone();
+        for (i, layer) in self.stage.layers.clone().zip(&self.layers) {
             let rows = if i == last { Rows::Probes } else { Rows::All };
             x = layer.forward(&x, &rotary, batch, self.comm.as_ref(), rows)?;
         }
-        // x now holds the probe rows only.
-        let scores = self.head.forward(&self.norm.forward(&x)?)?;
-        Ok(scores.f_to_device(Device::Cpu)?)
+        Ok(x)
+    }
+
+    /// Last stage: final norm and reward head over the probe rows, `[probes, 9]` fp32.
+    pub fn score(&self, probes: &Tensor) -> Result<Tensor, ModelError> {
+        let (norm, head) = self.head.as_ref().ok_or_else(|| self.not_on_stage("the reward head"))?;
+        head.forward(&norm.forward(probes)?)
+    }
+
+    fn not_on_stage(&self, what: &str) -> ModelError {
+        ModelError::Config(format!(
+            "{what} is not on pipeline stage {} of {} (layers {}..{}): this is a bug",
+            self.stage.stage, self.stage.stages, self.stage.layers.start, self.stage.layers.end
+        ))
     }
 }

@@ -7,6 +7,7 @@
 
 use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -108,6 +109,34 @@ impl Weights {
         kind: Kind,
         device: Device,
     ) -> Result<Tensor, ModelError> {
+        let size = *full_shape.get(dim).ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            message: format!("has no dimension {dim} to shard"),
+        })?;
+        let world = world.max(1) as i64;
+        if size % world != 0 {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                message: format!("dimension {dim} of size {size} does not divide into {world} shards"),
+            });
+        }
+        let chunk = size / world;
+        self.get_range(name, full_shape, dim, rank as i64 * chunk, chunk, kind, device)
+    }
+
+    /// Entries `start..start + len` of `name` along `dim` (e.g. one rank's rows of
+    /// the embedding). Only those bytes are read from the map.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_range(
+        &self,
+        name: &str,
+        full_shape: &[i64],
+        dim: usize,
+        start: i64,
+        len: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor, ModelError> {
         let (file, info) = self.info(name)?;
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         if shape != full_shape {
@@ -118,7 +147,7 @@ impl Weights {
             message: format!("unsupported dtype {:?} in {}", info.dtype, file.name.display()),
         })?;
         let data = &file.bytes[file.data_start + info.data_offsets.0..file.data_start + info.data_offsets.1];
-        let (bytes, slice_shape) = slice_bytes(data, &shape, dim, rank, world, info.dtype.bitsize() / 8)
+        let (bytes, slice_shape) = slice_bytes(data, &shape, dim, start, len, info.dtype.bitsize() / 8)
             .map_err(|message| ModelError::Tensor { name: name.into(), message })?;
         let tensor = Tensor::f_from_data_size(&bytes, &slice_shape, stored)?;
         Ok(tensor.f_to_kind(kind)?.f_to_device(device)?)
@@ -146,33 +175,34 @@ fn stored_kind(dtype: Dtype) -> Option<Kind> {
     }
 }
 
-/// Copy rank `rank`'s slice of a row-major tensor along `dim`.
-fn slice_bytes(
-    data: &[u8],
+/// Copy entries `start..start + len` along `dim` of a row-major tensor.
+fn slice_bytes<'a>(
+    data: &'a [u8],
     shape: &[i64],
     dim: usize,
-    rank: usize,
-    world: usize,
+    start: i64,
+    len: i64,
     elem: usize,
-) -> Result<(Vec<u8>, Vec<i64>), String> {
-    if world == 1 {
-        return Ok((data.to_vec(), shape.to_vec()));
-    }
-    let size = *shape.get(dim).ok_or_else(|| format!("has no dimension {dim} to shard"))? as usize;
-    if !size.is_multiple_of(world) {
-        return Err(format!("dimension {dim} of size {size} does not divide into {world} shards"));
-    }
-    let chunk = size / world;
-    let inner: usize = shape[dim + 1..].iter().product::<i64>() as usize * elem;
-    let outer: usize = shape[..dim].iter().product::<i64>() as usize;
-    let mut out = Vec::with_capacity(outer * chunk * inner);
-    for o in 0..outer {
-        let start = (o * size + rank * chunk) * inner;
-        out.extend_from_slice(&data[start..start + chunk * inner]);
+) -> Result<(Cow<'a, [u8]>, Vec<i64>), String> {
+    let size = *shape.get(dim).ok_or_else(|| format!("has no dimension {dim} to slice"))?;
+    if start < 0 || len < 0 || start + len > size {
+        return Err(format!("entries {start}..{} are outside dimension {dim} of size {size}", start + len));
     }
     let mut slice_shape = shape.to_vec();
-    slice_shape[dim] = chunk as i64;
-    Ok((out, slice_shape))
+    slice_shape[dim] = len;
+    let (size, start, len) = (size as usize, start as usize, len as usize);
+    let inner: usize = shape[dim + 1..].iter().product::<i64>() as usize * elem;
+    let outer: usize = shape[..dim].iter().product::<i64>() as usize;
+    if outer == 1 {
+        // One contiguous run: borrow it from the map, no intermediate copy.
+        return Ok((Cow::Borrowed(&data[start * inner..(start + len) * inner]), slice_shape));
+    }
+    let mut out = Vec::with_capacity(outer * len * inner);
+    for o in 0..outer {
+        let from = (o * size + start) * inner;
+        out.extend_from_slice(&data[from..from + len * inner]);
+    }
+    Ok((Cow::Owned(out), slice_shape))
 }
 
 fn shard_names(index_path: &Path) -> Result<Vec<String>, ModelError> {
@@ -199,10 +229,12 @@ mod tests {
     fn slices_rows_and_columns() {
         // 2 x 4 matrix of u8 values 0..8
         let data: Vec<u8> = (0..8).collect();
-        let (rows, shape) = slice_bytes(&data, &[2, 4], 0, 1, 2, 1).unwrap();
-        assert_eq!((rows, shape), (vec![4, 5, 6, 7], vec![1, 4]));
-        let (cols, shape) = slice_bytes(&data, &[2, 4], 1, 1, 2, 1).unwrap();
-        assert_eq!((cols, shape), (vec![2, 3, 6, 7], vec![2, 2]));
-        assert!(slice_bytes(&data, &[2, 4], 1, 0, 3, 1).unwrap_err().contains("does not divide"));
+        let (rows, shape) = slice_bytes(&data, &[2, 4], 0, 1, 1, 1).unwrap();
+        assert_eq!((rows.to_vec(), shape), (vec![4, 5, 6, 7], vec![1, 4]));
+        let (cols, shape) = slice_bytes(&data, &[2, 4], 1, 2, 2, 1).unwrap();
+        assert_eq!((cols.to_vec(), shape), (vec![2, 3, 6, 7], vec![2, 2]));
+        let (cols, shape) = slice_bytes(&data, &[2, 4], 1, 1, 3, 1).unwrap();
+        assert_eq!((cols.to_vec(), shape), (vec![1, 2, 3, 5, 6, 7], vec![2, 3]));
+        assert!(slice_bytes(&data, &[2, 4], 1, 2, 3, 1).unwrap_err().contains("outside dimension 1 of size 4"));
     }
 }

@@ -1,41 +1,31 @@
-//! Tensor / pipeline parallelism: the communication handle the model calls, and
-//! the per-rank shard plan. The model math never branches on rank: it asks the
-//! plan for its slice of each weight and calls [`Comm::all_reduce`], which is a
-//! no-op for a single rank.
+//! Tensor x pipeline parallelism: the communication trait and its backends, the
+//! per-rank shard and stage plans, and the worker group that runs a model over
+//! several ranks behind the engine's [`crate::engine::Forward`] interface.
+//!
+//! The model math never branches on rank: it asks the shard plan for its slice
+//! of each weight and calls [`Comm::all_reduce`], which is a no-op for a single
+//! rank. Which layers a rank holds comes from its [`StagePlan`].
 
+pub mod comm;
+pub mod fault;
+pub mod group;
+pub mod launch;
+pub mod memory;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod plan;
+pub mod rank;
+mod rank_thread;
+pub mod rendezvous;
+pub mod threads;
 
-pub use plan::ShardPlan;
+pub use comm::{Comm, CommError, SingleRank};
+pub use fault::{Fault, FaultKind};
+pub use group::{load_scorer, Delivery, Group, GroupError, GroupOptions};
+pub use launch::{start_scorer, Started};
+pub use plan::{ShardPlan, StagePlan};
+pub use threads::{ThreadComm, ThreadsHub};
 
-use tch::Tensor;
-
-/// Collective operations between the tensor-parallel ranks of one pipeline stage.
-pub trait Comm: Send + Sync {
-    /// This rank's index within its tensor-parallel group.
-    fn rank(&self) -> usize;
-    /// Number of ranks in the tensor-parallel group.
-    fn world(&self) -> usize;
-    /// Sum `t` across the group; every rank gets the sum.
-    fn all_reduce(&self, t: &Tensor) -> Result<Tensor, CommError>;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CommError {
-    #[error("collective failed: {0}")]
-    Failed(String),
-}
-
-/// The group of one: all-reduce returns its input.
-pub struct SingleRank;
-
-impl Comm for SingleRank {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world(&self) -> usize {
-        1
-    }
-    fn all_reduce(&self, t: &Tensor) -> Result<Tensor, CommError> {
-        Ok(t.shallow_clone())
-    }
-}
+/// The error for `--backend nccl` in a build without the `nccl` feature.
+pub const NCCL_NOT_BUILT: &str =
+    "--backend nccl: this build has no NCCL support (rebuild with `cargo build --release --features nccl`)";

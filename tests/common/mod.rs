@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pipeline;
+pub mod random_model;
 pub mod server;
 
 use serde_json::Value;
@@ -9,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The reference models made with transformers (see tests/fixtures/README.md).
-pub const FIXTURES: [&str; 4] =
-    ["tiny-nemotron-rm", "tiny-mha-rot025", "tiny-gqa-odd-bias-legacy", "tiny-full-rotary-hd"];
+pub const FIXTURES: [&str; 5] =
+    ["tiny-nemotron-rm", "tiny-mha-rot025", "tiny-gqa-odd-bias-legacy", "tiny-full-rotary-hd", "tiny-mha-4l-bias"];
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
