@@ -12,39 +12,29 @@
 //! multi-turn history is one level per shared turn; attention handles any depth
 //! by merging one partial result per ancestor ([`crate::model::attention`]).
 //!
-//! Batches are cut in depth-first order, so records that share a prefix land in
-//! the same batch; when a cut falls inside a subtree, the next batch computes
-//! the ancestors again (counted against its budget).
+//! [`PrefixTree::plan`] (in `cut.rs`) cuts it into forward batches.
 
 use std::collections::HashMap;
 
-use crate::model::{BatchLayout, Segment};
+use crate::model::BatchLayout;
 
 /// A read-out of the tree: the node whose last token is scored.
 pub type ReadoutId = usize;
 
-struct Node {
-    tokens: Vec<i64>,
+pub(super) struct Node {
+    pub(super) tokens: Vec<i64>,
     /// Position of the first token (its depth on the path from the root).
-    depth: usize,
-    parent: usize,
+    pub(super) depth: usize,
+    pub(super) parent: usize,
     /// Children in insertion order, and by first token.
-    children: Vec<usize>,
+    pub(super) children: Vec<usize>,
     by_token: HashMap<i64, usize>,
-    readout: bool,
+    pub(super) readout: bool,
 }
 
 /// A radix tree of token paths. Node 0 is the empty root.
 pub struct PrefixTree {
-    nodes: Vec<Node>,
-}
-
-/// One forward batch cut from the tree.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedBatch {
-    pub layout: BatchLayout,
-    /// The read-out of each of the layout's probe rows, in order.
-    pub readouts: Vec<ReadoutId>,
+    pub(super) nodes: Vec<Node>,
 }
 
 impl Default for PrefixTree {
@@ -117,46 +107,6 @@ impl PrefixTree {
     pub fn tokens(&self) -> usize {
         self.nodes.iter().map(|n| n.tokens.len()).sum()
     }
-
-    /// Cut the tree into batches of at most `budget` computed tokens (a path
-    /// longer than the budget gets a batch of its own), in depth-first order.
-    pub fn plan(&self, budget: usize) -> Vec<PlannedBatch> {
-        let mut batches = Vec::new();
-        let mut current = BatchBuilder::default();
-        let mut in_batch = vec![usize::MAX; self.nodes.len()];
-        let mut path: Vec<usize> = Vec::new(); // root .. node, root excluded
-        let mut stack: Vec<(usize, usize)> = vec![(0, 0)]; // (node, depth in `path`)
-        while let Some((node, level)) = stack.pop() {
-            path.truncate(level);
-            if node != 0 {
-                path.push(node);
-            }
-            if self.nodes[node].readout {
-                let id = batches.len();
-                let missing: usize =
-                    path.iter().filter(|&&n| in_batch[n] != id).map(|&n| self.nodes[n].tokens.len()).sum();
-                if !current.nodes.is_empty() && current.rows + missing > budget {
-                    batches.push(current.finish(self));
-                    current = BatchBuilder::default();
-                }
-                let id = batches.len();
-                for &n in &path {
-                    if in_batch[n] != id {
-                        in_batch[n] = id;
-                        current.nodes.push(n);
-                        current.rows += self.nodes[n].tokens.len();
-                    }
-                }
-                current.readouts.push(node);
-            }
-            let next = path.len();
-            stack.extend(self.nodes[node].children.iter().rev().map(|&c| (c, next)));
-        }
-        if !current.nodes.is_empty() {
-            batches.push(current.finish(self));
-        }
-        batches
-    }
 }
 
 /// A sequence as `(tokens, [(probe token, prefix length)])`.
@@ -172,42 +122,6 @@ pub fn layout_of(seqs: &[PlainSequence]) -> BatchLayout {
         }
     }
     tree.plan(usize::MAX).pop().map(|b| b.layout).unwrap_or_default()
-}
-
-#[derive(Default)]
-struct BatchBuilder {
-    /// Nodes in depth-first order, closed under ancestors.
-    nodes: Vec<usize>,
-    rows: usize,
-    readouts: Vec<ReadoutId>,
-}
-
-impl BatchBuilder {
-    fn finish(self, tree: &PrefixTree) -> PlannedBatch {
-        let mut layout = BatchLayout::default();
-        let mut open: Vec<(usize, usize)> = Vec::new(); // (node, segment index) on the current path
-        let mut last_row: HashMap<usize, i64> = HashMap::new();
-        for &n in &self.nodes {
-            let node = &tree.nodes[n];
-            let start = layout.tokens.len() as i64;
-            while open.last().is_some_and(|&(o, _)| o != node.parent) {
-                let (_, s) = open.pop().expect("checked non-empty");
-                layout.segments[s].end = start;
-            }
-            layout.tokens.extend_from_slice(&node.tokens);
-            layout.positions.extend((node.depth..node.depth + node.tokens.len()).map(|p| p as i64));
-            let len = node.tokens.len() as i64;
-            layout.segments.push(Segment { start, len, end: start + len });
-            open.push((n, layout.segments.len() - 1));
-            last_row.insert(n, start + len - 1);
-        }
-        let rows = layout.tokens.len() as i64;
-        for (_, s) in open {
-            layout.segments[s].end = rows;
-        }
-        layout.probe_rows = self.readouts.iter().map(|r| last_row[r]).collect();
-        PlannedBatch { layout, readouts: self.readouts }
-    }
 }
 
 #[cfg(test)]
@@ -247,6 +161,24 @@ mod tests {
         assert_eq!(l.readouts, vec![short, long]);
         assert_eq!(l.layout.probe_rows, vec![2, 3]);
         l.layout.validate().unwrap();
+    }
+
+    #[test]
+    fn a_group_that_fits_a_fresh_batch_is_not_split() {
+        let mut tree = PrefixTree::new();
+        // header [1]; group 1: prompt [2 3 4] + 2 responses; group 2: prompt [5 6 7] + 3 responses
+        for r in 0..2 {
+            tree.insert(&[1, 2, 3, 4, 10 + r], P);
+        }
+        for r in 0..3 {
+            tree.insert(&[1, 5, 6, 7, 20 + r], P);
+        }
+        // group 2's first response would fit after group 1 (8 + 5 = 13): it goes
+        // with its group into the next batch instead, so its prompt is computed once
+        let batches = tree.plan(13);
+        let rows: Vec<usize> = batches.iter().map(|b| b.layout.rows()).collect();
+        assert_eq!(rows, vec![1 + 3 + 4, 1 + 3 + 6]);
+        assert_eq!(batches[1].layout.tokens[..4], [1, 5, 6, 7]);
     }
 
     #[test]
