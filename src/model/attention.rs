@@ -62,28 +62,38 @@ impl Attention {
     /// `[probes, hidden]` when only the read-out rows are needed (the last layer).
     pub fn forward(&self, x: &Tensor, rotary: &Rotary, batch: &PackedBatch, rows: Rows) -> Result<Tensor, ModelError> {
         let (t, d) = (x.size()[0], self.head_dim);
-        let k = rotary
-            .apply(&x.f_linear::<&Tensor>(&self.k, None)?.f_view([t, self.kv_heads, d])?)
-            .f_to_kind(Kind::Float)?;
-        let v = x.f_linear::<&Tensor>(&self.v, None)?.f_view([t, self.kv_heads, d])?.f_to_kind(Kind::Float)?;
+        let kind = attention_kind(x);
+        let k = rotary.apply(&x.f_linear::<&Tensor>(&self.k, None)?.f_view([t, self.kv_heads, d])?).f_to_kind(kind)?;
+        let v = x.f_linear::<&Tensor>(&self.v, None)?.f_view([t, self.kv_heads, d])?.f_to_kind(kind)?;
         let keys = Keys { k: &k, v: &v };
         let out = match rows {
             Rows::All => {
-                let q = rotary
-                    .apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?)
-                    .f_to_kind(Kind::Float)?;
+                let q =
+                    rotary.apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?).f_to_kind(kind)?;
                 all_rows(&q, keys, batch)?
             }
             Rows::Probes => {
                 let xp = x.f_index_select(0, &batch.probe_rows)?;
                 let p = xp.size()[0];
                 let q = xp.f_linear::<&Tensor>(&self.q, None)?.f_view([p, self.heads, d])?;
-                probe_rows(&rotary.rows(&batch.probe_rows).apply(&q).f_to_kind(Kind::Float)?, keys, batch)?
+                probe_rows(&rotary.rows(&batch.probe_rows).apply(&q).f_to_kind(kind)?, keys, batch)?
             }
         };
         let n = out.size()[0];
         let out = out.f_to_kind(x.kind())?.f_reshape([n, self.heads * d])?;
         Ok(out.f_linear::<&Tensor>(&self.o, None)?)
+    }
+}
+
+/// The element type attention runs in. On the CPU always fp32: parts rounded
+/// to bf16 before their log-sum-exp merge moved bf16 scores past the parity
+/// bound, and libtorch's fp32 flash kernel was faster than its bf16 one here
+/// (the forward on workload d: 262 vs 233 GFLOP/s). On CUDA the model's dtype,
+/// as fused GPU kernels want (parts are still merged in fp32).
+fn attention_kind(x: &Tensor) -> Kind {
+    match x.device() {
+        Device::Cpu => Kind::Float,
+        _ => x.kind(),
     }
 }
 
