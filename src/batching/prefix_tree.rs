@@ -35,6 +35,8 @@ pub(super) struct Node {
 /// A radix tree of token paths. Node 0 is the empty root.
 pub struct PrefixTree {
     pub(super) nodes: Vec<Node>,
+    /// Tokens in all nodes.
+    tokens: usize,
 }
 
 impl Default for PrefixTree {
@@ -47,7 +49,7 @@ impl PrefixTree {
     pub fn new() -> PrefixTree {
         let root =
             Node { tokens: vec![], depth: 0, parent: 0, children: vec![], by_token: HashMap::new(), readout: false };
-        PrefixTree { nodes: vec![root] }
+        PrefixTree { nodes: vec![root], tokens: 0 }
     }
 
     /// Insert the path `prefix` + `token` and mark its last token as read out.
@@ -72,6 +74,7 @@ impl PrefixTree {
 
     fn add_child(&mut self, parent: usize, tokens: Vec<i64>, depth: usize) -> usize {
         let id = self.nodes.len();
+        self.tokens += tokens.len();
         self.nodes[parent].by_token.insert(tokens[0], id);
         self.nodes[parent].children.push(id);
         self.nodes.push(Node { tokens, depth, parent, children: vec![], by_token: HashMap::new(), readout: false });
@@ -105,7 +108,7 @@ impl PrefixTree {
 
     /// Tokens in the tree: what one batch holding all of it computes.
     pub fn tokens(&self) -> usize {
-        self.nodes.iter().map(|n| n.tokens.len()).sum()
+        self.tokens
     }
 }
 

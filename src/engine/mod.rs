@@ -198,6 +198,32 @@ impl Scorer {
     }
 }
 
+/// Tokens a set of records computes together, shared prefixes once, grown
+/// record by record: what a scheduler fills a batch by, so that requests that
+/// share a prompt are charged for what they add.
+#[derive(Default)]
+pub struct SharedTokens {
+    tree: PrefixTree,
+}
+
+impl SharedTokens {
+    /// Add `record`; returns the tokens it adds to the set.
+    pub fn add(&mut self, record: &PreparedRecord) -> usize {
+        let before = self.tree.tokens();
+        for seq in &record.sequences {
+            for &(token, prefix) in &seq.probes {
+                self.tree.insert(&seq.tokens[..prefix as usize], token);
+            }
+        }
+        self.tree.tokens() - before
+    }
+
+    /// Tokens of everything added.
+    pub fn tokens(&self) -> usize {
+        self.tree.tokens()
+    }
+}
+
 /// The tokenizer must not produce ids past the embedding table.
 pub fn check_vocab(config: &Config, tokenizer_vocab: usize) -> Result<(), ModelError> {
     if tokenizer_vocab > config.vocab_size as usize {

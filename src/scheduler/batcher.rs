@@ -8,7 +8,9 @@ use std::time::Instant;
 
 /// What the batcher needs to know about a waiting request.
 pub trait Waiting {
-    /// Tokens its records take in a forward pass (laid out alone).
+    /// Tokens its records take in a forward pass laid out alone (the cost
+    /// [`TokenBudgetBatcher::next_batch`] counts; `next_batch_by` can count
+    /// what the batch really computes instead, shared prefixes once).
     fn tokens(&self) -> usize;
     /// When its client stops waiting for it.
     fn deadline(&self) -> Option<Instant>;
@@ -37,7 +39,7 @@ impl Dropped {
 /// The next batch, and the requests dropped on the way to it.
 pub struct NextBatch<T> {
     pub batch: Vec<T>,
-    /// Tokens of the batch (the sum of its requests' tokens).
+    /// Tokens of the batch (the sum of its requests' costs).
     pub tokens: usize,
     pub dropped: Vec<(T, Dropped)>,
 }
@@ -77,6 +79,15 @@ impl<T: Waiting> TokenBudgetBatcher<T> {
     /// so they cost no forward pass. Stops at the first live request that does
     /// not fit, so a long request is never overtaken for ever by short ones.
     pub fn next_batch(&mut self, now: Instant) -> NextBatch<T> {
+        self.next_batch_by(now, |item| item.tokens())
+    }
+
+    /// [`TokenBudgetBatcher::next_batch`] with another cost: `cost(item)` is
+    /// what taking `item` adds to the batch, given the items taken before it
+    /// (the engine thread counts tokens computed, so requests that share a
+    /// prompt fill the budget by what they add). It is called once per live
+    /// item considered, in order, the last one possibly not taken.
+    pub fn next_batch_by(&mut self, now: Instant, mut cost: impl FnMut(&T) -> usize) -> NextBatch<T> {
         let mut next = NextBatch { batch: Vec::new(), tokens: 0, dropped: Vec::new() };
         while let Some(item) = self.waiting.front() {
             // Expiry first: a waiter that gave up at its deadline has also hung up.
@@ -92,7 +103,7 @@ impl<T: Waiting> TokenBudgetBatcher<T> {
                 next.dropped.push((item, why));
                 continue;
             }
-            let tokens = item.tokens();
+            let tokens = cost(item);
             if !next.batch.is_empty() && next.tokens + tokens > self.budget {
                 break;
             }
@@ -198,6 +209,24 @@ mod tests {
         let next = b.next_batch(now);
         assert!(next.batch.is_empty());
         assert_eq!(next.dropped[0].1, Dropped::Expired);
+    }
+
+    #[test]
+    fn a_cost_that_depends_on_the_batch_so_far() {
+        // Items of one "prompt" cost 4 for the first and 1 after, as shared prompts do.
+        let now = Instant::now();
+        let mut b = batcher(8, (0..6).map(|i| item(i, 4)).collect());
+        let mut taken = 0;
+        let next = b.next_batch_by(now, |_| {
+            taken += 1;
+            if taken == 1 {
+                4
+            } else {
+                1
+            }
+        });
+        assert_eq!((ids(&next.batch), next.tokens), (vec![0, 1, 2, 3, 4], 8));
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

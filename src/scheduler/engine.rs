@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use super::batcher::{Dropped, TokenBudgetBatcher, Waiting};
 use super::{Input, Job, QueueError, Reply, Shared, Timing};
 use crate::chat::RecordError;
-use crate::engine::{PreparedRecord, Preparer, RecordScores, Scorer};
+use crate::engine::{PreparedRecord, Preparer, RecordScores, Scorer, SharedTokens};
 use crate::reward::ATTRIBUTES;
 
 /// A request whose items are tokenised.
@@ -133,7 +133,12 @@ pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tok
             }
             continue;
         }
-        let next = batcher.next_batch(Instant::now());
+        // Fill the budget by tokens computed: a response whose prompt is already
+        // in the batch costs only its own tokens.
+        let mut computed = SharedTokens::default();
+        let next = batcher.next_batch_by(Instant::now(), |job| {
+            job.items.iter().filter_map(|r| r.as_ref().ok()).map(|r| computed.add(r)).sum()
+        });
         shared.left_queue(next.batch.len() + next.dropped.len());
         for (job, why) in next.dropped {
             dropped(why);
@@ -156,16 +161,14 @@ fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
         let waited = started.saturating_duration_since(job.prepared_at);
         metrics::histogram!("reward_worker_stage_seconds", "stage" => "queue").record(waited.as_secs_f64());
     }
-    // (job, item) of every prepared item; equal prompts next to each other, so a
-    // forward batch split by the budget keeps a shared prompt's requests together.
+    // (job, item) of every prepared item. Their order does not matter: the
+    // engine's prefix tree finds what they share and keeps sharers together.
     let order: Vec<(usize, usize)> = batch
         .iter()
         .enumerate()
         .flat_map(|(j, job)| job.items.iter().enumerate().filter(|(_, r)| r.is_ok()).map(move |(i, _)| (j, i)))
         .collect();
     let record = |&(j, i): &(usize, usize)| batch[j].items[i].as_ref().expect("only prepared items are ordered");
-    let unordered: Vec<&PreparedRecord> = order.iter().map(record).collect();
-    let order: Vec<(usize, usize)> = prompt_order(&unordered).into_iter().map(|k| order[k]).collect();
     let records: Vec<&PreparedRecord> = order.iter().map(record).collect();
     let (scores, stats) = scorer.score_with_stats(&records, budget);
     let forward = started.elapsed();
@@ -174,7 +177,7 @@ fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
     metrics::counter!("reward_worker_batch_tokens_requested_total").increment(stats.tokens_requested as u64);
     metrics::counter!("reward_worker_batch_tokens_computed_total").increment(stats.tokens_computed as u64);
     metrics::counter!("reward_worker_forward_batches_total").increment(stats.batches as u64);
-    metrics::histogram!("reward_worker_batch_fill").record(stats.tokens_requested as f64 / budget as f64);
+    metrics::histogram!("reward_worker_batch_fill").record(stats.tokens_computed as f64 / budget as f64);
     metrics::histogram!("reward_worker_batch_requests").record(batch.len() as f64);
     tracing::debug!(
         requests = batch.len(),
@@ -209,58 +212,10 @@ fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
     }
 }
 
-/// An order of `records` in which records that start with the same tokens
-/// (the same prompt: a GRPO group's responses) are next to each other, so the
-/// engine's prefix sharing finds them in the same forward batch. Sorting by
-/// the first sequence's tokens does it (stable: equal records keep their
-/// arrival order). The order changes which records share a batch, not a score.
-pub(super) fn prompt_order(records: &[&PreparedRecord]) -> Vec<usize> {
-    let first = |r: &PreparedRecord| r.sequences.first().map(|s| s.tokens.clone()).unwrap_or_default();
-    let keys: Vec<Vec<i64>> = records.iter().map(|r| first(r)).collect();
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
-    order
-}
-
 fn record_raw_scores(scores: &RecordScores) {
     for turn in &scores.turns {
         for (name, value) in ATTRIBUTES.iter().zip(turn.raw) {
             metrics::histogram!("reward_worker_raw_score", "attribute" => *name).record(value as f64);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::chat::Sequence;
-
-    fn record(tokens: &[i64]) -> PreparedRecord {
-        let seq = Sequence {
-            tokens: tokens.to_vec(),
-            probes: vec![(9, tokens.len() as i64)],
-            turns: vec![1],
-            truncated: false,
-        };
-        PreparedRecord { sequences: vec![seq] }
-    }
-
-    #[test]
-    fn responses_to_the_same_prompt_end_up_next_to_each_other() {
-        // prompt A = [1, 2, 3], prompt B = [1, 2, 4], arriving interleaved
-        let records = [
-            record(&[1, 2, 3, 7]),
-            record(&[1, 2, 4, 7]),
-            record(&[1, 2, 3, 8]),
-            record(&[1, 2, 4, 5]),
-            record(&[1, 2, 3, 6]),
-        ];
-        let refs: Vec<&PreparedRecord> = records.iter().collect();
-        let order = prompt_order(&refs);
-        let prompts: Vec<i64> = order.iter().map(|&k| records[k].sequences[0].tokens[2]).collect();
-        assert_eq!(prompts, vec![3, 3, 3, 4, 4]);
-        let mut seen = order.clone();
-        seen.sort();
-        assert_eq!(seen, vec![0, 1, 2, 3, 4], "a permutation: every record once");
     }
 }

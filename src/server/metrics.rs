@@ -51,7 +51,10 @@ fn describe() {
         "tokens of the batched records laid out alone"
     );
     metrics::describe_counter!("reward_worker_batch_tokens_computed_total", "tokens the forward passes computed");
-    metrics::describe_histogram!("reward_worker_batch_fill", "tokens per batch / token budget");
+    metrics::describe_histogram!(
+        "reward_worker_batch_fill",
+        "tokens computed per batch (shared prefixes once) / token budget"
+    );
     metrics::describe_histogram!("reward_worker_batch_requests", "requests per batch");
     metrics::describe_histogram!("reward_worker_raw_score", "raw attribute scores per scored turn");
     metrics::describe_counter!(
