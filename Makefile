@@ -22,7 +22,9 @@ bench: build
 	.venv/bin/python bench/compare.py $(BENCH_ARGS)
 
 # The service under 64 concurrent HTTP clients vs `score` on the same records
-# and vs a static-padded server (README "Serving: measured"). BENCH_SERVE_ARGS
-# passes options, e.g. BENCH_SERVE_ARGS="--groups 2 --conversations 8" for a quick run.
+# and vs a static-padded transformers server, bench/serve_peer.py (README
+# "Serving: measured"). BENCH_SERVE_ARGS passes options, e.g.
+# BENCH_SERVE_ARGS="--groups 2 --conversations 8" for a quick run.
 bench-serve: setup
+	.venv/bin/pip install --quiet --disable-pip-version-check "transformers>=5" tokenizers safetensors
 	cargo run --release --example bench_serve -- $(BENCH_SERVE_ARGS)

@@ -1,10 +1,11 @@
 //! `make bench-serve`: the service under 64 concurrent clients against
 //! `score` on the same records (in the same run) and against a static-padded
-//! server (how NeMo-Aligner's and OpenRLHF's reward servers batch).
+//! server on transformers (`bench/serve_peer.py`: how NeMo-Aligner's and
+//! OpenRLHF's reward servers batch), same weights, same threads, same dtype.
 //!
 //!     cargo run --release --example bench_serve -- [--clients 64] [--groups 8] [--conversations 64]
 //!         [--hidden 384 --layers 4 --heads 6 --kv-heads 2 --ffn 1536 | --model DIR]
-//!         [--batch-tokens 8192] [--threads N] [--dtype f32|bf16] [--device cpu|cuda]
+//!         [--batch-tokens 8192] [--threads N] [--dtype auto|f32|bf16] [--device cpu|cuda]
 //!
 //! Useful tokens count every scored prefix as if it were scored alone (what a
 //! client asks for). Every answer is checked against `score`'s numbers, and
@@ -61,7 +62,7 @@ struct Args {
     peer_micro_batch: usize,
     #[arg(long)]
     threads: Option<i32>,
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "auto")]
     dtype: DType,
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -113,7 +114,8 @@ fn main() -> anyhow::Result<()> {
             model::bench_model(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models"), shape)?
         }
     };
-    let load = || Scorer::load(&ModelSource::Dir(dir.clone()), args.dtype, device);
+    let dtype = args.dtype.resolve(device).0;
+    let load = || Scorer::load(&ModelSource::Dir(dir.clone()), dtype, device);
     let scorer = load()?;
     let records = workload::requests(&scorer.preparer(), args.groups, args.group_size, args.conversations, args.seed);
     if let Some(path) = &args.dump_workload {
@@ -153,8 +155,9 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (service, metrics) = runtime.block_on(run_service(load()?, &records, &args))?;
-    let peer = peer::Peer::new(load()?, args.peer_micro_batch);
-    let padded = runtime.block_on(run_peer(&peer, &records, args.clients))?;
+    let peer = peer::PythonPeer::start(&dir, dtype, &args.device, tch::get_num_threads(), args.peer_micro_batch)?;
+    let (padded, peer_stats) = runtime.block_on(run_peer(&peer, &records, args.clients))?;
+    drop(peer);
 
     let rows = [
         Row {
@@ -182,12 +185,12 @@ fn main() -> anyhow::Result<()> {
             wrong: mismatches(&service, &base_raw),
         },
         Row {
-            name: "static padded peer, HTTP",
+            name: "static padded peer (transformers), HTTP",
             seconds: padded.seconds,
             run: Some(&padded),
-            computed: peer.computed_tokens.load(Ordering::Relaxed),
+            computed: peer_stats.padded_tokens,
             requested,
-            batches: Some(peer.forwards.load(Ordering::Relaxed)),
+            batches: Some(peer_stats.forwards),
             packed: false,
             answered: count(&padded),
             failed: padded.failures,
@@ -202,7 +205,7 @@ fn main() -> anyhow::Result<()> {
             row.run.map_or((f64::NAN, f64::NAN), |r| (percentile(&r.latencies, 0.50), percentile(&r.latencies, 0.99)));
         // Fill of a token budget; the padded peer has no budget (one padded sequence per forward).
         let fill =
-            row.batches.filter(|_| row.packed).map(|b| row.requested as f64 / (b.max(1) * args.batch_tokens) as f64);
+            row.batches.filter(|_| row.packed).map(|b| row.computed as f64 / (b.max(1) * args.batch_tokens) as f64);
         let rate = useful as f64 / row.seconds;
         println!(
             "| {} | {rate:.0} | {:.0} | {:.0} | {} / {} | {} | {} | {} / {} | {} |",
@@ -226,8 +229,8 @@ fn main() -> anyhow::Result<()> {
         "\nservice / score: {:.2}   service / static padded: {:.2}   (peer padded tokens {}, forward passes {})",
         ratio(service.seconds, base_seconds),
         ratio(service.seconds, padded.seconds),
-        peer.padded_tokens.load(Ordering::Relaxed),
-        peer.forwards.load(Ordering::Relaxed)
+        peer_stats.padded_tokens,
+        peer_stats.forwards
     );
     println!("{}", json!({"useful_tokens": useful, "clients": args.clients, "runs": report}));
     let lost = records.len() - count(&service) + service.failures;
@@ -293,19 +296,19 @@ async fn run_service(scorer: Scorer, records: &[Value], args: &Args) -> anyhow::
     Ok((run, delta))
 }
 
-async fn run_peer(peer: &Arc<peer::Peer>, records: &[Value], clients: usize) -> anyhow::Result<Run> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/score", listener.local_addr()?);
-    let app = peer.router();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+/// The peer under the same clients; its counters cover the timed run only.
+async fn run_peer(
+    peer: &peer::PythonPeer,
+    records: &[Value],
+    clients: usize,
+) -> anyhow::Result<(Run, peer::PeerStats)> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
-    drive(&client, &url, &records[..1], 1, raw_of_peer).await?;
-    peer.computed_tokens.store(0, Ordering::Relaxed);
-    peer.padded_tokens.store(0, Ordering::Relaxed);
-    peer.forwards.store(0, Ordering::Relaxed);
+    let url = format!("{}/score", peer.url);
+    drive(&client, &url, &records[..1], 1, raw_of_peer).await?; // warm-up
+    let before = peer.stats(&client).await?;
     let run = drive(&client, &url, records, clients, raw_of_peer).await?;
-    server.abort();
-    Ok(run)
+    let after = peer.stats(&client).await?;
+    Ok((run, after.since(&before)))
 }
 
 fn raw_of_rewards(answer: &Value) -> Option<Vec<[f32; 9]>> {
