@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
             packed: true,
             answered: count(&service),
             failed: service.failures,
-            wrong: mismatches(&service, &base_raw),
+            wrong: mismatches(&service, &base_raw, tolerance(dtype)),
         },
         Row {
             name: "static padded peer (transformers), HTTP",
@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             packed: false,
             answered: count(&padded),
             failed: padded.failures,
-            wrong: mismatches(&padded, &base_raw),
+            wrong: mismatches(&padded, &base_raw, tolerance(dtype)),
         },
     ];
     println!("\n| run | useful tok/s | p50 ms | p99 ms | tokens computed / requested | forward batches | batch fill | answered / sent | wrong |");
@@ -232,9 +232,19 @@ fn main() -> anyhow::Result<()> {
         peer_stats.padded_tokens,
         peer_stats.forwards
     );
+    println!(
+        "largest |raw - score's raw| / record scale ({} dtype, tolerance {}): service {:.1e}, static padded peer {:.1e}",
+        dtype.name(),
+        tolerance(dtype),
+        max_diff(&service, &base_raw),
+        max_diff(&padded, &base_raw)
+    );
     println!("{}", json!({"useful_tokens": useful, "clients": args.clients, "runs": report}));
     let lost = records.len() - count(&service) + service.failures;
-    anyhow::ensure!(lost == 0 && mismatches(&service, &base_raw) == 0, "the service lost or mis-scored requests");
+    anyhow::ensure!(
+        lost == 0 && mismatches(&service, &base_raw, tolerance(dtype)) == 0,
+        "the service lost or mis-scored requests"
+    );
     Ok(())
 }
 
@@ -394,23 +404,39 @@ fn count(run: &Run) -> usize {
     run.answers.iter().filter(|a| a.is_some()).count()
 }
 
-/// Answers whose numbers differ from `score`'s by more than batching noise.
-fn mismatches(run: &Run, want: &[Vec<[f32; 9]>]) -> usize {
+/// Answers whose numbers differ from `score`'s by more than batching and
+/// dtype noise: `tolerance` times the record's largest |raw| (a lost, swapped
+/// or mis-scored record is off by the order of that scale).
+fn mismatches(run: &Run, want: &[Vec<[f32; 9]>], tolerance: f32) -> usize {
     run.answers
         .iter()
         .zip(want)
         .filter(|(got, want)| match got {
             None => false,
-            Some(got) => {
-                got.len() != want.len()
-                    || got
-                        .iter()
-                        .flatten()
-                        .zip(want.iter().flatten())
-                        .any(|(g, w)| (g - w).abs() > 1e-3 * w.abs().max(1.0))
-            }
+            Some(got) => got.len() != want.len() || worst_diff(got, want) > tolerance,
         })
         .count()
+}
+
+/// The largest [`worst_diff`] over a run's answers.
+fn max_diff(run: &Run, want: &[Vec<[f32; 9]>]) -> f32 {
+    run.answers.iter().zip(want).filter_map(|(got, want)| Some(worst_diff(got.as_ref()?, want))).fold(0f32, f32::max)
+}
+
+/// Largest |got - want| over a record, relative to its largest |want| (at least 1).
+fn worst_diff(got: &[[f32; 9]], want: &[[f32; 9]]) -> f32 {
+    let scale = want.iter().flatten().fold(1f32, |m, w| m.max(w.abs()));
+    got.iter().flatten().zip(want.iter().flatten()).fold(0f32, |m, (g, w)| m.max((g - w).abs())) / scale
+}
+
+/// Mismatch tolerance: f32 differs by GEMM blocking (~1e-6 of the scale), bf16
+/// by rounding (transformers' bf16 and ours each about 0.2 from f32 at a scale
+/// of 50, the parity test's bound; a swapped record is off by about 1).
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::Bf16 => 5e-2,
+        _ => 1e-4,
+    }
 }
 
 fn percentile(xs: &[f64], q: f64) -> f64 {
