@@ -72,6 +72,13 @@ impl PrefixTree {
         node
     }
 
+    /// Insert every scored prefix of one laid-out sequence: for each probe
+    /// `(token, prefix length)`, the path `tokens[..prefix]` + `token`. The
+    /// read-out ids come back in the probes' order.
+    pub fn insert_sequence(&mut self, tokens: &[i64], probes: &[(i64, i64)]) -> Vec<ReadoutId> {
+        probes.iter().map(|&(token, prefix)| self.insert(&tokens[..prefix as usize], token)).collect()
+    }
+
     fn add_child(&mut self, parent: usize, tokens: Vec<i64>, depth: usize) -> usize {
         let id = self.nodes.len();
         self.tokens += tokens.len();
@@ -120,9 +127,7 @@ pub type PlainSequence = (Vec<i64>, Vec<(i64, i64)>);
 pub fn layout_of(seqs: &[PlainSequence]) -> BatchLayout {
     let mut tree = PrefixTree::new();
     for (tokens, probes) in seqs {
-        for &(token, prefix) in probes {
-            tree.insert(&tokens[..prefix as usize], token);
-        }
+        tree.insert_sequence(tokens, probes);
     }
     tree.plan(usize::MAX).pop().map(|b| b.layout).unwrap_or_default()
 }

@@ -139,8 +139,7 @@ impl Scorer {
         let mut readers: HashMap<ReadoutId, Vec<(usize, usize, bool)>> = HashMap::new();
         for (r, rec) in records.iter().enumerate() {
             for seq in &rec.sequences {
-                for (&(token, prefix), &turn) in seq.probes.iter().zip(&seq.turns) {
-                    let id = tree.insert(&seq.tokens[..prefix as usize], token);
+                for (id, &turn) in tree.insert_sequence(&seq.tokens, &seq.probes).into_iter().zip(&seq.turns) {
                     readers.entry(id).or_default().push((r, turn, seq.truncated));
                 }
             }
@@ -211,16 +210,9 @@ impl SharedTokens {
     pub fn add(&mut self, record: &PreparedRecord) -> usize {
         let before = self.tree.tokens();
         for seq in &record.sequences {
-            for &(token, prefix) in &seq.probes {
-                self.tree.insert(&seq.tokens[..prefix as usize], token);
-            }
+            self.tree.insert_sequence(&seq.tokens, &seq.probes);
         }
         self.tree.tokens() - before
-    }
-
-    /// Tokens of everything added.
-    pub fn tokens(&self) -> usize {
-        self.tree.tokens()
     }
 }
 
