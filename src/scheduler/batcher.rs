@@ -6,12 +6,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// What the batcher needs to know about a waiting request.
+/// What the batcher needs to know about a waiting request. Its cost in tokens
+/// is not here: it depends on what the batch already holds, so
+/// [`TokenBudgetBatcher::next_batch`] is given it.
 pub trait Waiting {
-    /// Tokens its records take in a forward pass laid out alone (the cost
-    /// [`TokenBudgetBatcher::next_batch`] counts; `next_batch_by` can count
-    /// what the batch really computes instead, shared prefixes once).
-    fn tokens(&self) -> usize;
     /// When its client stops waiting for it.
     fn deadline(&self) -> Option<Instant>;
     /// True once nobody waits for the answer (the client disconnected).
@@ -78,16 +76,12 @@ impl<T: Waiting> TokenBudgetBatcher<T> {
     /// always does). Abandoned and expired requests met on the way are dropped,
     /// so they cost no forward pass. Stops at the first live request that does
     /// not fit, so a long request is never overtaken for ever by short ones.
-    pub fn next_batch(&mut self, now: Instant) -> NextBatch<T> {
-        self.next_batch_by(now, |item| item.tokens())
-    }
-
-    /// [`TokenBudgetBatcher::next_batch`] with another cost: `cost(item)` is
-    /// what taking `item` adds to the batch, given the items taken before it
-    /// (the engine thread counts tokens computed, so requests that share a
-    /// prompt fill the budget by what they add). It is called once per live
-    /// item considered, in order, the last one possibly not taken.
-    pub fn next_batch_by(&mut self, now: Instant, mut cost: impl FnMut(&T) -> usize) -> NextBatch<T> {
+    ///
+    /// `cost(item)` is what taking `item` adds to the batch, given the items
+    /// taken before it (the engine thread counts tokens computed, so requests
+    /// that share a prompt fill the budget by what they add). It is called once
+    /// per live item considered, in order, the last one possibly not taken.
+    pub fn next_batch(&mut self, now: Instant, mut cost: impl FnMut(&T) -> usize) -> NextBatch<T> {
         let mut next = NextBatch { batch: Vec::new(), tokens: 0, dropped: Vec::new() };
         while let Some(item) = self.waiting.front() {
             // Expiry first: a waiter that gave up at its deadline has also hung up.
@@ -128,15 +122,17 @@ mod tests {
     }
 
     impl Waiting for Item {
-        fn tokens(&self) -> usize {
-            self.tokens
-        }
         fn deadline(&self) -> Option<Instant> {
             self.deadline
         }
         fn abandoned(&self) -> bool {
             self.abandoned
         }
+    }
+
+    /// The cost of an item on its own (nothing shared).
+    fn by_tokens(item: &Item) -> usize {
+        item.tokens
     }
 
     fn item(id: usize, tokens: usize) -> Item {
@@ -157,28 +153,28 @@ mod tests {
     fn fills_to_the_budget_in_arrival_order() {
         let now = Instant::now();
         let mut b = batcher(10, vec![item(0, 4), item(1, 4), item(2, 4), item(3, 2)]);
-        let first = b.next_batch(now);
+        let first = b.next_batch(now, by_tokens);
         assert_eq!((ids(&first.batch), first.tokens), (vec![0, 1], 8));
-        let second = b.next_batch(now);
+        let second = b.next_batch(now, by_tokens);
         assert_eq!((ids(&second.batch), second.tokens), (vec![2, 3], 6));
         assert!(b.is_empty());
-        assert!(b.next_batch(now).batch.is_empty());
+        assert!(b.next_batch(now, by_tokens).batch.is_empty());
     }
 
     #[test]
     fn a_request_over_the_budget_goes_alone_and_is_not_overtaken() {
         let now = Instant::now();
         let mut b = batcher(10, vec![item(0, 3), item(1, 25), item(2, 1)]);
-        assert_eq!(ids(&b.next_batch(now).batch), vec![0]);
-        let big = b.next_batch(now);
+        assert_eq!(ids(&b.next_batch(now, by_tokens).batch), vec![0]);
+        let big = b.next_batch(now, by_tokens);
         assert_eq!((ids(&big.batch), big.tokens), (vec![1], 25));
-        assert_eq!(ids(&b.next_batch(now).batch), vec![2]);
+        assert_eq!(ids(&b.next_batch(now, by_tokens).batch), vec![2]);
     }
 
     #[test]
     fn exact_fit_is_one_batch() {
         let mut b = batcher(8, vec![item(0, 4), item(1, 4)]);
-        assert_eq!(ids(&b.next_batch(Instant::now()).batch), vec![0, 1]);
+        assert_eq!(ids(&b.next_batch(Instant::now(), by_tokens).batch), vec![0, 1]);
     }
 
     #[test]
@@ -188,7 +184,7 @@ mod tests {
         let late = Item { deadline: Some(now - Duration::from_millis(1)), ..item(2, 4) };
         let on_time = Item { deadline: Some(now + Duration::from_secs(5)), ..item(3, 4) };
         let mut b = batcher(8, vec![item(0, 4), gone, late, on_time, item(4, 4)]);
-        let next = b.next_batch(now);
+        let next = b.next_batch(now, by_tokens);
         assert_eq!(ids(&next.batch), vec![0, 3]);
         let dropped: Vec<(usize, Dropped)> = next.dropped.iter().map(|(i, why)| (i.id, *why)).collect();
         assert_eq!(dropped, vec![(1, Dropped::Abandoned), (2, Dropped::Expired)]);
@@ -199,14 +195,14 @@ mod tests {
     fn a_request_past_its_deadline_counts_as_expired_even_if_its_waiter_left() {
         let now = Instant::now();
         let both = Item { abandoned: true, deadline: Some(now - Duration::from_millis(1)), ..item(0, 1) };
-        assert_eq!(batcher(8, vec![both]).next_batch(now).dropped[0].1, Dropped::Expired);
+        assert_eq!(batcher(8, vec![both]).next_batch(now, by_tokens).dropped[0].1, Dropped::Expired);
     }
 
     #[test]
     fn a_deadline_exactly_now_has_passed() {
         let now = Instant::now();
         let mut b = batcher(8, vec![Item { deadline: Some(now), ..item(0, 1) }]);
-        let next = b.next_batch(now);
+        let next = b.next_batch(now, by_tokens);
         assert!(next.batch.is_empty());
         assert_eq!(next.dropped[0].1, Dropped::Expired);
     }
@@ -217,7 +213,7 @@ mod tests {
         let now = Instant::now();
         let mut b = batcher(8, (0..6).map(|i| item(i, 4)).collect());
         let mut taken = 0;
-        let next = b.next_batch_by(now, |_| {
+        let next = b.next_batch(now, |_| {
             taken += 1;
             if taken == 1 {
                 4
@@ -234,9 +230,9 @@ mod tests {
         let now = Instant::now();
         let gone = Item { abandoned: true, ..item(2, 1) };
         let mut b = batcher(5, vec![item(0, 5), item(1, 5), gone]);
-        let first = b.next_batch(now);
+        let first = b.next_batch(now, by_tokens);
         assert_eq!((ids(&first.batch), first.dropped.len()), (vec![0], 0));
-        let second = b.next_batch(now);
+        let second = b.next_batch(now, by_tokens);
         assert_eq!((ids(&second.batch), second.dropped.len()), (vec![1], 1));
     }
 }

@@ -18,7 +18,6 @@ use crate::reward::ATTRIBUTES;
 /// A request whose items are tokenised.
 pub(super) struct PreparedJob {
     items: Vec<Result<PreparedRecord, RecordError>>,
-    tokens: usize,
     deadline: Option<Instant>,
     prepared_at: Instant,
     prepare: Duration,
@@ -26,9 +25,6 @@ pub(super) struct PreparedJob {
 }
 
 impl Waiting for PreparedJob {
-    fn tokens(&self) -> usize {
-        self.tokens
-    }
     fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -94,9 +90,7 @@ pub(super) fn prepare_loop(
             let _ = reply.send(Ok(Reply { results, timing, sent: Instant::now() }));
             continue;
         }
-        let tokens = items.iter().filter_map(|r| r.as_ref().ok()).map(PreparedRecord::tokens).sum();
-        let job =
-            PreparedJob { items, tokens, deadline: request.deadline, prepared_at: Instant::now(), prepare, reply };
+        let job = PreparedJob { items, deadline: request.deadline, prepared_at: Instant::now(), prepare, reply };
         if let Err(lost) = prepared.send(job) {
             shared.left_queue(1);
             let _ = lost.0.reply.send(Err(QueueError::EngineStopped));
@@ -136,7 +130,7 @@ pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tok
         // Fill the budget by tokens computed: a response whose prompt is already
         // in the batch costs only its own tokens.
         let mut computed = SharedTokens::default();
-        let next = batcher.next_batch_by(Instant::now(), |job| {
+        let next = batcher.next_batch(Instant::now(), |job| {
             job.items.iter().filter_map(|r| r.as_ref().ok()).map(|r| computed.add(r)).sum()
         });
         shared.left_queue(next.batch.len() + next.dropped.len());
