@@ -123,10 +123,10 @@ def model_flags(a, mdir, dtype):
     return flags
 
 
-def run_rust_bench(a, mdir, path, dtype):
+def run_rust_bench(a, mdir, path, dtype, env=None):
     cmd = [a.binary, "bench", "--input", path, "--warmup", str(a.warmup), "--repeat", str(a.repeat)]
     cmd += model_flags(a, mdir, dtype)
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(env or {})))
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-4000:]}")
     line = [ln for ln in p.stdout.splitlines() if ln.strip().startswith("{")][-1]
@@ -199,6 +199,12 @@ def measure(a, mdir, cfg, hf, pad_id, name, p, dtype, native):
     la = loadavg()
     rate = peers.matmul_rate(torch, cfg, a.mm_rows, dtype, torch.device(a.device), warmup=1, repeat=a.repeat)
     rj, bench_cmd = run_rust_bench(a, mdir, p["path"], dtype)
+    # bf16 on the CPU: the same forward with libtorch's attention instead of
+    # src/model/cpu_flash.rs (the variable is ignored where that kernel does not run).
+    torch_attention = None
+    if dtype == "bf16" and a.device == "cpu":
+        tj, _ = run_rust_bench(a, mdir, p["path"], dtype, env={"RW_CPU_ATTENTION": "torch"})
+        torch_attention = dict(seconds=tj["seconds"], gflop_per_s=tj.get("forward_gflop_per_s"))
     sc = run_rust_score(a, mdir, p["path"], dtype, os.path.join(OUT, f"scores-{name}-{dtype}.jsonl"), a.repeat)
     default = None
     if dtype == native and not a.no_default_dtype:  # what a user gets without --dtype
@@ -233,6 +239,7 @@ def measure(a, mdir, cfg, hf, pad_id, name, p, dtype, native):
         rw_batches=rj.get("batches"),
         rw_bench_seconds=rj["seconds"], rw_bench_tok_s=useful / rj["seconds"],
         rw_forward_gflop=rj.get("forward_gflop"), rw_forward_gflop_per_s=rj.get("forward_gflop_per_s"),
+        rw_bench_torch_attention=torch_attention,
         rw_score_seconds=sc["seconds"], rw_score_times=sc["times"], rw_score_tok_s=useful / sc["seconds"],
         rw_default_dtype=default,
         mm_gflop_per_s=rate["gflop_per_s"], matmul=rate,

@@ -18,6 +18,13 @@ def _table(title, header, lines, note):
     print(note)
 
 
+def _torch_attention(r):
+    t = r.get("rw_bench_torch_attention")
+    if not t or not t.get("gflop_per_s"):
+        return ""
+    return f"{t['gflop_per_s']:.1f} ({100 * t['gflop_per_s'] / r['mm_gflop_per_s']:.0f}%)"
+
+
 def print_tables(rows, checks):
     _table(
         "Useful tokens/s (every scored prefix counted as if scored alone; higher is better)",
@@ -33,15 +40,16 @@ def print_tables(rows, checks):
     _table(
         "Work and compute (tokens the forward passes computed, padding included; GFLOP/s on those tokens)",
         ["wl", "dtype", "useful", "unique", "rw computed", "% useful", "static comp", "sorted comp",
-         "rw GFLOP/s", "mm GFLOP/s", "efficiency", "static GFLOP/s", "sorted GFLOP/s"],
+         "rw GFLOP/s", "mm GFLOP/s", "efficiency", "torch attn", "static GFLOP/s", "sorted GFLOP/s"],
         [[r["workload"], r["dtype"], r["useful_tokens"], r["unique_tokens"], r["rw_tokens_computed"],
           f"{100 * (r['rw_tokens_computed'] or 0) / r['useful_tokens']:.1f}%",
           r["static_tokens_computed"], r["best_tokens_computed"],
           f"{r['rw_forward_gflop_per_s'] or 0:.1f}", f"{r['mm_gflop_per_s']:.1f}", f"{100 * r['efficiency']:.0f}%",
-          f"{r['static_gflop_per_s']:.1f}", f"{r['best_gflop_per_s']:.1f}"] for r in rows],
+          _torch_attention(r), f"{r['static_gflop_per_s']:.1f}", f"{r['best_gflop_per_s']:.1f}"] for r in rows],
         "unique: tokens of the prefix tree over all scored prefixes; rw computed: `reward-worker bench` "
         "tokens_computed;\nmm: torch.mm at the q/k/v/o/up/down shapes, same dtype and threads; efficiency = rw "
-        "GFLOP/s / mm GFLOP/s")
+        "GFLOP/s / mm GFLOP/s;\ntorch attn (bf16 on the CPU): rw GFLOP/s and efficiency with RW_CPU_ATTENTION=torch, "
+        "libtorch's attention\ninstead of src/model/cpu_flash.rs (the same where that kernel does not run)")
     if checks:
         lines = []
         for c in checks:

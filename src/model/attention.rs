@@ -10,6 +10,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::cascade::{as_batch, attend, from_batch, merge_into};
+use super::cpu_flash;
 use super::packed::{PackedBatch, Segment};
 use super::rope::Rotary;
 use super::{Config, ModelError, Weights};
@@ -85,16 +86,27 @@ impl Attention {
     }
 }
 
-/// The element type attention runs in. On the CPU always fp32: parts rounded
-/// to bf16 before their log-sum-exp merge moved bf16 scores past the parity
-/// bound, and libtorch's fp32 flash kernel was faster than its bf16 one here
-/// (the forward on workload d: 262 vs 233 GFLOP/s). On CUDA the model's dtype,
-/// as fused GPU kernels want (parts are still merged in fp32).
+/// The element type attention runs in. On CUDA the model's dtype, as fused GPU
+/// kernels want (parts are still merged in fp32). On the CPU, a bf16 model on
+/// a CPU with AVX512-BF16 keeps bf16 for [`cpu_flash`], which sums in fp32 and
+/// returns fp32 parts; otherwise fp32 and libtorch's flash kernel: its bf16
+/// outputs, rounded before the log-sum-exp merge, moved bf16 scores past the
+/// parity bound, and its fp32 kernel was the faster of its two here.
 fn attention_kind(x: &Tensor) -> Kind {
     match x.device() {
+        Device::Cpu if x.kind() == Kind::BFloat16 && use_cpu_flash() => Kind::BFloat16,
         Device::Cpu => Kind::Float,
         _ => x.kind(),
     }
+}
+
+/// Whether bf16 attention on the CPU runs in [`cpu_flash`]: where the CPU has
+/// AVX512-BF16, unless `RW_CPU_ATTENTION=torch` asks for libtorch's kernel (to
+/// compare the two).
+fn use_cpu_flash() -> bool {
+    static TORCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let torch = *TORCH.get_or_init(|| std::env::var("RW_CPU_ATTENTION").is_ok_and(|v| v == "torch"));
+    !torch && cpu_flash::available()
 }
 
 /// Keys and values of every row, `[T, kv_heads, d]`.
@@ -143,6 +155,9 @@ impl<'a> Acc<'a> {
     /// part (`Part::Own`, causal when they are the segment's own rows) or one
     /// more merged in (`Part::Ancestor`).
     fn segment(&mut self, s: Segment, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
+        if self.q.device() == Device::Cpu && self.q.kind() == Kind::BFloat16 {
+            return self.segment_cpu_bf16(s, first, n, part);
+        }
         let (k, v) = (
             as_batch(&self.keys.k.f_narrow(0, s.start, s.len)?)?,
             as_batch(&self.keys.v.f_narrow(0, s.start, s.len)?)?,
@@ -159,6 +174,57 @@ impl<'a> Acc<'a> {
         }
         Ok(())
     }
+}
+
+impl Acc<'_> {
+    /// [`Acc::segment`] in [`cpu_flash`]: the part goes straight into the
+    /// accumulators (an ancestor's keys continue their softmax state).
+    fn segment_cpu_bf16(&mut self, s: Segment, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
+        let q = self.q.f_narrow(0, first, n)?;
+        let (k, v) = (self.keys.k.f_narrow(0, s.start, s.len)?, self.keys.v.f_narrow(0, s.start, s.len)?);
+        let (mut out, mut lse) = (self.out.f_narrow(0, first, n)?, self.lse.f_narrow(0, first, n)?);
+        let size = q.size();
+        let shape = cpu_flash::Shape {
+            n: n as usize,
+            m: s.len as usize,
+            heads: size[1] as usize,
+            kv_heads: k.size()[1] as usize,
+            d: size[2] as usize,
+        };
+        let threads = tch::get_num_threads().max(1) as usize;
+        cpu_flash::attend(
+            bf16_bits(&q)?,
+            bf16_bits(&k)?,
+            bf16_bits(&v)?,
+            f32_mut(&mut out)?,
+            f32_mut(&mut lse)?,
+            shape,
+            part == Part::OwnCausal,
+            part == Part::Ancestor,
+            threads,
+        );
+        Ok(())
+    }
+}
+
+/// The bits of a contiguous bf16 CPU tensor.
+fn bf16_bits(t: &Tensor) -> Result<&[u16], ModelError> {
+    if t.kind() != Kind::BFloat16 || t.device() != Device::Cpu || !t.is_contiguous() {
+        return Err(ModelError::Config(format!("cpu attention wants contiguous bf16 on the CPU, got {t:?}")));
+    }
+    // SAFETY: a contiguous CPU tensor of numel 2-byte elements, borrowed for as
+    // long as `t`.
+    Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u16, t.numel()) })
+}
+
+/// The elements of a contiguous fp32 CPU tensor, to write.
+fn f32_mut(t: &mut Tensor) -> Result<&mut [f32], ModelError> {
+    if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
+        return Err(ModelError::Config(format!("cpu attention writes contiguous fp32 on the CPU, got {t:?}")));
+    }
+    // SAFETY: as above; the view is borrowed mutably, and nothing else reads
+    // its storage while the slice lives.
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

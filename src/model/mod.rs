@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod cascade;
+pub mod cpu_flash;
 pub mod embedding;
 pub mod flops;
 pub mod nemotron;
