@@ -16,7 +16,7 @@ test: setup
 	cargo test --release
 
 # reward-worker vs transformers on the same weights (installs transformers into .venv).
-# Full run: workloads a-e, about 70 min on 2 quiet bf16-capable cores; `make bench BENCH_ARGS=--quick` for a smoke run.
+# Full run: workloads a-e, about 80 min on 2 quiet bf16-capable cores; `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: build
 	.venv/bin/pip install --quiet --disable-pip-version-check "transformers>=5" tokenizers safetensors
 	.venv/bin/python bench/compare.py $(BENCH_ARGS)
