@@ -3,7 +3,8 @@
 
 Reads bench/out/results.json (written by bench/compare.py) and, in this process,
 times libtorch's CPU attention kernel (`_scaled_dot_product_flash_attention_for_cpu`,
-the one reward-worker calls) at the bench model's head shapes, fp32 and bf16, causal
+what reward-worker calls in f32, on CPUs without AVX512-BF16, and with
+RW_CPU_ATTENTION=torch) at the bench model's head shapes, fp32 and bf16, causal
 (a segment's own rows) and not (rows below a shared prefix against its keys), next
 to torch.mm at the model's linear shapes. Then, per workload row of results.json:
 

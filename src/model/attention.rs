@@ -155,6 +155,7 @@ impl<'a> Acc<'a> {
     /// part (`Part::Own`, causal when they are the segment's own rows) or one
     /// more merged in (`Part::Ancestor`).
     fn segment(&mut self, s: Segment, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
+        // Queries stay bf16 on the CPU only where `attention_kind` chose cpu_flash.
         if self.q.device() == Device::Cpu && self.q.kind() == Kind::BFloat16 {
             return self.segment_cpu_bf16(s, first, n, part);
         }
