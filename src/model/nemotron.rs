@@ -68,7 +68,11 @@ impl Mlp {
 
     /// `down(relu(up(x))^2)` before down_proj's all-reduce.
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let up = x.f_linear::<&Tensor>(&self.up, None)?.f_relu()?.f_square()?;
+        // In place: the [tokens, intermediate] activation is the largest tensor
+        // of the forward, and each fresh one costs its page faults.
+        let mut up = x.f_linear::<&Tensor>(&self.up, None)?;
+        let _ = up.f_relu_()?;
+        let _ = up.f_square_()?;
         Ok(up.f_linear::<&Tensor>(&self.down, None)?)
     }
 }
