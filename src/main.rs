@@ -40,7 +40,9 @@ fn keep_freed_memory() {
 /// hold the cores it needs: a bf16 forward ran 2-3% slower. libgomp reads its
 /// settings when it loads, before `main`, so unless the user chose them
 /// (`GOMP_SPINCOUNT` or `OMP_WAIT_POLICY`), the process starts itself again
-/// with a short spin. If that fails it goes on with libgomp's defaults.
+/// with a short spin. That loads libtorch twice, about 0.2 s of start-up, which
+/// a run of more than a few seconds wins back. If `exec` fails the process goes
+/// on with libgomp's defaults.
 fn short_openmp_spin() {
     #[cfg(unix)]
     {
