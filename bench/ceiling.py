@@ -13,7 +13,13 @@ to torch.mm at the model's linear shapes. Then, per workload row of results.json
     what is left of the measured forward for attention and everything else,
   - the ceiling: the forward with every FLOP at the torch.mm rate, plus the
     measured start-up of `score`, against the peers' measured times; and the
-    compute efficiency each ratio target needs.
+    compute efficiency each ratio target needs;
+  - the exact ceiling: the same, but with attention's p.v (half its FLOPs) at
+    half the bf16 mm rate, as the parity bound makes cpu_flash compute it: fp32
+    probabilities times fp32 values (vfmadd231ps does 16 multiply-adds per
+    instruction where the bf16 GEMMs' vdpbf16ps does 32). The efficiency at that
+    ceiling is the most any exact bf16 forward reaches on a CPU without AMX, with
+    softmax, norms, rotary, casts and thread waits all taking no time.
 
 Run:  .venv/bin/python bench/ceiling.py [--results bench/out/results.json]
 Numbers, not a test. Same threads as the bench (2 by default).
@@ -96,7 +102,8 @@ def main():
     print("\nPer workload (results.json; mm = that run's torch.mm rate):")
     head = (f"{'wl':<3} {'dtype':<5} {'GFLOP':>7} {'attn %':>6} {'fwd s':>6} {'lin s@mm':>8} {'rest s':>6} "
             f"{'attn/rest':>9} {'eff':>5} {'start s':>7} {'max /static':>11} {'max /sorted':>11} "
-            f"{'eff for 6x':>10} {'eff for 3x':>10} {'attn GF/s for 70%':>17}")
+            f"{'eff for 6x':>10} {'eff for 3x':>10} {'attn GF/s for 70%':>17} {'exact eff':>9} "
+            f"{'exact /static':>13} {'exact /sorted':>13}")
     print(head + "\n" + "-" * len(head))
     for r in res["rows"]:
         if "rw_forward_gflop" not in r or "static_seconds" not in r:
@@ -117,18 +124,24 @@ def main():
         # rate and nothing else taking time, this much is left for attention.
         attn_room = gflop / (0.7 * rate) - lin_s
         need_attn = attn / attn_room if attn_room > 0 else float("inf")
+        # Exact bf16 on a CPU without AMX: p.v (half of attention's FLOPs) at half the rate.
+        exact = (lin + 1.5 * attn) / rate if r["dtype"] == "bf16" else floor
         print(f"{r['workload']:<3} {r['dtype']:<5} {gflop:>7.0f} {100 * attn / gflop:>5.1f}% {fwd:>6.1f} "
               f"{lin_s:>8.1f} {rest_s:>6.1f} {attn / rest_s:>9.0f} {r['rw_forward_gflop_per_s'] / rate:>5.0%} "
               f"{start:>7.1f} {r['static_seconds'] / (start + floor):>11.2f} "
               f"{r['best_seconds'] / (start + floor):>11.2f} {need(r['static_seconds'], 6):>10} "
-              f"{need(r['best_seconds'], 3):>10} {need_attn:>17.0f}")
+              f"{need(r['best_seconds'], 3):>10} {need_attn:>17.0f} {floor / exact:>9.0%} "
+              f"{r['static_seconds'] / (start + exact):>13.2f} {r['best_seconds'] / (start + exact):>13.2f}")
     print("lin s@mm: the linear layers' FLOPs at the torch.mm rate (a lower bound on their time); rest: the"
           " forward\nminus that (attention, norms, rotary, casts, merges, threads' waits); attn/rest: attention"
           " GFLOP over the\nrest, a lower bound on attention's own rate; max /static, /sorted: the ratios"
           " with every FLOP at the\nmm rate plus the measured start-up of `score`; eff for 6x / 3x: the"
           " compute efficiency those (e)\ntargets need, start-up included (\"never\": start-up alone is too"
           " long); attn GF/s for 70%: the\nattention rate 70% efficiency needs if the linear layers ran at"
-          " the mm rate and nothing else took time")
+          " the mm rate and nothing else took time;\nexact eff, /static, /sorted: the same ceiling with"
+          " attention's p.v in fp32 at half the bf16 mm rate (bf16\nrows; the parity bound keeps the"
+          " probabilities fp32 on the CPU): the efficiency and ratios an exact\nforward reaches with"
+          " softmax, norms, rotary and casts taking no time")
 
 
 if __name__ == "__main__":
