@@ -193,9 +193,9 @@ fn eval_on_the_demo_model_caches_raw_attributes() {
     .unwrap();
     let scored: Value =
         serde_json::from_str(stdout(&run(&["score", "--input", path_str(&record)])).lines().next().unwrap()).unwrap();
-    for (a, b) in scored["turns"][0]["raw"].as_array().unwrap().iter().zip(cached[0]["chosen"].as_array().unwrap()) {
-        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5, "{a} vs {b}");
-    }
+    // Scored alone here, in a batch of pairs there: f32 rounding only.
+    let diff = close::rel_diff(&floats(&scored["turns"][0]["raw"]), &floats(&cached[0]["chosen"]));
+    assert!(diff < close::SAME_MATH, "{diff} (relative) between score and the cache");
     // An edited pair is scored again; the others still come from the cache.
     let mut edited = lines.clone();
     edited[3]["rejected"] = json!("Leave me alone.");

@@ -44,8 +44,10 @@ fn output_matches_the_reference_file_for_each_fixture_record() {
     for (case, line) in cases.iter().zip(json_lines(&out)) {
         for (want, got) in case["turns"].as_array().unwrap().iter().zip(line["turns"].as_array().unwrap()) {
             assert_eq!(want["turn"], got["turn"]);
-            assert!(max_abs_diff(&floats(&want["raw"]), &floats(&got["raw"])) < 1e-4);
-            assert!((want["reward"].as_f64().unwrap() - got["reward"].as_f64().unwrap()).abs() < 1e-4);
+            let (want_raw, got_raw) = (floats(&want["raw"]), floats(&got["raw"]));
+            assert!(close::rel_diff(&got_raw, &want_raw) < close::TO_TRANSFORMERS);
+            let reward_diff = (want["reward"].as_f64().unwrap() - got["reward"].as_f64().unwrap()).abs();
+            assert!(reward_diff / close::scale(&want_raw) < close::TO_TRANSFORMERS, "reward off by {reward_diff}");
         }
     }
 }
@@ -155,8 +157,8 @@ fn left_truncation_keeps_the_scored_turn_and_reports_it() {
     let rec = json!({"conversations": turns(6)[kept_from.unwrap()..].to_vec()});
     let alone = &json_lines(&run_cli(&["score", "--model", &model], &format!("{rec}\n")))[0];
     let last = alone["turns"].as_array().unwrap().last().unwrap();
-    let diff = max_abs_diff(&floats(&last["raw"]), &floats(&line["turns"][2]["raw"]));
-    assert!(diff < 1e-5, "truncated turn differs by {diff}");
+    let diff = close::rel_diff(&floats(&line["turns"][2]["raw"]), &floats(&last["raw"]));
+    assert!(diff < close::SAME_MATH, "truncated turn differs by {diff} (relative)");
 }
 
 #[test]

@@ -342,7 +342,10 @@ mod tests {
             let want = one.forward_one(layout).unwrap();
             let diff =
                 want.iter().flatten().zip(scores.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(diff < 1e-4, "{diff}");
+            // f32 rounding of other GEMM shapes (a rank's slice, a stage's
+            // micro-batch), relative to the scores' size as in tests/common/close.rs.
+            let scale = want.iter().flatten().fold(1.0, |m: f32, x| m.max(x.abs()));
+            assert!(diff / scale < 1e-5, "{diff} on scores up to {scale}");
         }
         drop(leader);
         assert_eq!(followers.join().unwrap(), Ok(()));

@@ -3,7 +3,7 @@ OpenRLHF's /get_reward (a rendered query string -> the scalar reward)."""
 
 import requests
 
-from common import WORST, HELPSTEER, args, close, load
+from common import WORST, HELPSTEER, args, close, load, raw_scale
 
 a = args()
 expected = load(a.expected)
@@ -16,7 +16,7 @@ def same_record(got, want, what):
     assert [t["turn"] for t in got["turns"]] == [t["turn"] for t in want["turns"]], what
     for g, w in zip(got["turns"], want["turns"]):
         close(g["raw"], w["raw"], f"{what} turn {w['turn']} raw")
-        close([g["reward"]], [w["reward"]], f"{what} turn {w['turn']} reward")
+        close([g["reward"]], [w["reward"]], f"{what} turn {w['turn']} reward", scale=raw_scale([w]))
         assert list(g["attributes"]) == HELPSTEER
     assert got["tokens"] == want["tokens"], what
     assert got["weights"] == want["weights"] and got["transform"] == want["transform"], what
@@ -47,7 +47,7 @@ queries = [t["text"][: -len(SUFFIX)] for t in turns]
 r = requests.post(f"{url}/get_reward", json={"query": queries, "prompts": None, "labels": None}, timeout=60)
 assert r.status_code == 200, r.text
 reply = r.json()
-close(reply["rewards"], [t["reward"] for t in turns], "get_reward rewards")
+close(reply["rewards"], [t["reward"] for t in turns], "get_reward rewards", scale=raw_scale(turns))
 assert reply["scores"] == reply["rewards"]
 for k, name in enumerate(HELPSTEER):
     close(reply["extra_logs"][name], [t["raw"][4 + k] for t in turns], f"extra_logs.{name}")
@@ -63,7 +63,12 @@ prompts = [rec["conversations"][0]["value"] for rec, _ in single]
 plain = [p + rec["conversations"][1]["value"] for p, (rec, _) in zip(prompts, single)]
 r = requests.post(f"{url}/get_reward", json={"query": plain, "prompts": prompts}, timeout=60)
 assert r.status_code == 200, r.text
-close(r.json()["rewards"], [line["turns"][0]["reward"] for _, line in single], "get_reward plain queries")
+close(
+    r.json()["rewards"],
+    [line["turns"][0]["reward"] for _, line in single],
+    "get_reward plain queries",
+    scale=raw_scale([line["turns"][0] for _, line in single]),
+)
 
 r = requests.post(f"{url}/get_reward", json={"query": ["no template here"]}, timeout=60)
 assert r.status_code == 400 and "query[0]" in r.json()["error"]["message"], r.text

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod close;
 pub mod pipeline;
 pub mod random_model;
 pub mod server;
