@@ -12,8 +12,12 @@ build: setup
 run: build
 	./target/release/reward-worker score --input examples/conversations.jsonl
 
+# Then the Python package's tests (python/tests) against the binary just built;
+# a failing pytest fails `make test`.
 test: setup
 	cargo test --release
+	cargo build --release --bin reward-worker
+	.venv/bin/python -m pytest python/tests -q
 
 # reward-worker vs transformers on the same weights (installs transformers into .venv).
 # Full run: workloads a-e, about 80 min on 2 quiet bf16-capable cores; `make bench BENCH_ARGS=--quick` for a smoke run.
