@@ -266,8 +266,12 @@ pub async fn layer(State(app): State<AppState>, request: Request, next: Next) ->
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return ApiError::new(ErrorKind::PayloadTooLarge, "payload_too_large", format!("the body is over {limit} bytes"))
-                .into_response()
+            return ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                "payload_too_large",
+                format!("the body is over {limit} bytes"),
+            )
+            .into_response()
         }
     };
     let fingerprint = fingerprint(parts.uri.path(), parts.uri.query().unwrap_or(""), &bytes);
@@ -301,8 +305,9 @@ pub async fn layer(State(app): State<AppState>, request: Request, next: Next) ->
             });
             match task.await {
                 Ok(stored) => stored.response(false),
-                Err(_) => ApiError::new(ErrorKind::Internal, "internal_error", "the request's handler failed")
-                    .into_response(),
+                Err(_) => {
+                    ApiError::new(ErrorKind::Internal, "internal_error", "the request's handler failed").into_response()
+                }
             }
         }
     }

@@ -80,14 +80,18 @@ async fn answer(
     let base64 = match (route, optional_str(&body, "encoding_format")?) {
         (Route::Pooling, None | Some("float")) => false,
         (Route::Pooling, Some("base64")) => true,
-        (Route::Pooling, Some(other)) => return Err(bad(format!("`encoding_format` must be \"float\" or \"base64\", got \"{other}\""))),
+        (Route::Pooling, Some(other)) => {
+            return Err(bad(format!("`encoding_format` must be \"float\" or \"base64\", got \"{other}\"")))
+        }
         (Route::Classify, _) => false,
     };
     if route == Route::Pooling {
         match optional_str(&body, "task")? {
             None | Some("classify" | "score" | "reward") => {}
             Some(other) => {
-                return Err(bad(format!("task \"{other}\" is not served: this is a reward model (classify, score, reward)")))
+                return Err(bad(format!(
+                    "task \"{other}\" is not served: this is a reward model (classify, score, reward)"
+                )))
             }
         }
     }
@@ -124,7 +128,8 @@ async fn answer(
     };
     let vectors: Vec<Vec<f64>> = if activation { vectors.into_iter().map(|v| activate(&v)).collect() } else { vectors };
     let tokens: usize = scored.iter().map(|(_, t)| t).sum();
-    let usage = json!({"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": null});
+    let usage =
+        json!({"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": null});
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -181,7 +186,9 @@ fn input_items(input: &Value, max: usize) -> Result<Vec<Input>, ApiError> {
     let items = match input {
         Value::String(text) => return Ok(vec![Input::Text(text.clone())]),
         Value::Array(items) if items.is_empty() => return Err(bad("`input` is empty: nothing to score")),
-        Value::Array(items) if items.iter().all(Value::is_number) => return Ok(vec![Input::Tokens(token_ids(items, "input")?)]),
+        Value::Array(items) if items.iter().all(Value::is_number) => {
+            return Ok(vec![Input::Tokens(token_ids(items, "input")?)])
+        }
         Value::Array(items) => items,
         _ => return Err(bad("`input` must be a string, an array of strings, token ids, or arrays of token ids")),
     };
