@@ -282,6 +282,19 @@ class AsyncRewardClient(_Shared):
     async def is_sleeping(self, deadline: Optional[float] = None) -> Any:
         return await self._call("GET", "/is_sleeping", None, deadline)
 
+    async def ready(self) -> dict[str, bool]:
+        """Which replicas answer `/ready` now."""
+
+        async def one(url: str) -> bool:
+            try:
+                r = await self._http.get(url + "/ready", headers=self._auth(), timeout=self._s.ready_timeout)
+                return r.status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        urls = self.urls
+        return dict(zip(urls, await asyncio.gather(*(one(u) for u in urls))))
+
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._s.api_key}"} if self._s.api_key else {}
 

@@ -52,9 +52,12 @@ def test_score_returns_the_servers_numbers_sync_and_async(worker):
         same([g.reward, t.reward], [w["turns"][-1]["reward"]] * 2, "reward")
         assert set(t.attributes) == {"helpfulness", "correctness", "coherence", "complexity", "verbosity"}
     assert refused.value.status == 400 and "conversations[0]" in refused.value.message
+    assert RewardClient([worker.url, "http://127.0.0.1:9"], timeout=5).ready() == {worker.url: True,
+                                                                                  "http://127.0.0.1:9": False}
 
     async def run():
         async with AsyncRewardClient([worker.url], timeout=60) as client:
+            assert await client.ready() == {worker.url: True}
             return await asyncio.gather(*(client.score(prompts=[p], responses=[r]) for p, r in zip(PROMPTS, RESPONSES)))
 
     for [g], w in zip(asyncio.run(run()), want):
