@@ -150,3 +150,26 @@ async fn a_first_request_whose_client_left_still_answers_its_retry() {
     assert!(bad.text().await.unwrap().contains("invalid_idempotency_key"));
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_waits_for_the_first_within_its_own_deadline() {
+    let _serial = SERIAL.lock().await;
+    let service = start().await;
+    let first = send(&service.url, "key-slow", "Slow.", None);
+    service.gate.entered(1).await;
+    let retry = reqwest::Client::new()
+        .post(format!("{}/v1/rewards", service.url))
+        .header("Idempotency-Key", "key-slow")
+        .header("x-request-timeout", "0.2")
+        .json(&body("Slow."))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(retry.text().await.unwrap().contains("deadline_exceeded"));
+    service.gate.set(true);
+    let (status, replayed, _) = first.await.unwrap().unwrap();
+    assert_eq!((status, replayed), (StatusCode::OK, None));
+    assert_eq!(service.gate.calls(), 1);
+    service.stop().await;
+}

@@ -291,7 +291,18 @@ pub async fn layer(State(app): State<AppState>, request: Request, next: Next) ->
         }
         Begin::Wait(rx) => {
             outcome("joined");
-            wait_for(rx).await
+            // The retry waits within its own deadline, as any request does.
+            let deadline = match super::limits::deadline(&parts.headers, app.config.request_timeout) {
+                Ok(d) => d,
+                Err(e) => return e.into_response(),
+            };
+            match deadline {
+                None => wait_for(rx).await,
+                Some(at) => match tokio::time::timeout_at(at.into(), wait_for(rx)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::from(crate::scheduler::QueueError::DeadlineExceeded).into_response(),
+                },
+            }
         }
         Begin::Lead(lead) => {
             outcome("first");
