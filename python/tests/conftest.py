@@ -51,10 +51,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_STARTED: list["Worker"] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No child outlives the run, whatever a test did."""
+    for w in _STARTED:
+        w.kill()
+
+
 class Worker:
     """`reward-worker serve` as a child process on a fixed port (so it can come back on the same URL)."""
 
     def __init__(self, *args: str, port: Optional[int] = None):
+        _STARTED.append(self)
         self.args = ["serve", "--port", str(port or free_port()), "--dtype", "f32", *args]
         self.port = int(self.args[2])
         self.url = f"http://127.0.0.1:{self.port}"
