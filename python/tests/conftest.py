@@ -20,6 +20,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# Nothing in these tests may reach the Hugging Face Hub (the policy is built from a config).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(ROOT / "python"))  # the package from this checkout, installed or not
 
 SYSTEM = (
