@@ -12,8 +12,12 @@ build: setup
 run: build
 	./target/release/reward-worker score --input examples/conversations.jsonl
 
+# Then the Python package's tests (python/tests) against the binary just built;
+# a failing pytest fails `make test`.
 test: setup
 	cargo test --release
+	cargo build --release --bin reward-worker
+	.venv/bin/python -m pytest python/tests -q
 
 # The rounding-sensitive tests again with libtorch's kernels held to AVX2, as on
 # an AVX2-only CPU (README "Tests on every CPU").

@@ -22,3 +22,18 @@ if ! .venv/bin/python -c "import openai, tritonclient.http, requests, numpy" 2>/
     echo "setup: installing the Python test clients (openai, tritonclient[http], requests) into .venv" >&2
     .venv/bin/pip install --quiet --disable-pip-version-check "openai>=1.40" "tritonclient[http]>=2.40" "requests>=2.31" numpy
 fi
+
+# The Python package's tests (python/tests, run by `make test`): httpx, pytest
+# and TRL's GRPOTrainer with what it needs (transformers, accelerate, datasets;
+# torch is the one above). Pinned: TRL 1.16.0 with transformers 5.24.0 is what
+# the GRPO test was run with on torch 2.11.0. Skipped when present.
+PY_TEST_PINS=("trl==1.16.0" "transformers==5.24.0" "accelerate==1.16.0" "datasets==5.2.0" "httpx==0.29.0" "pytest==9.2.0")
+if ! .venv/bin/python - "${PY_TEST_PINS[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(name) != want for name, want in (pin.split("==") for pin in sys.argv[1:])))
+PY
+then
+    echo "setup: installing the Python package's test dependencies (${PY_TEST_PINS[*]}) into .venv" >&2
+    .venv/bin/pip install --quiet --disable-pip-version-check "${PY_TEST_PINS[@]}"
+fi

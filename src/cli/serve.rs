@@ -57,9 +57,16 @@ pub struct ServiceArgs {
     /// Most conversations (sentences, queries) in one request (400 past it).
     #[arg(long, default_value_t = 1024)]
     pub max_conversations: usize,
-    /// KServe `rewards` as [B, 1] through the reward pipeline instead of the raw [B, 9].
+    /// KServe `rewards` as [B, 1] through the reward pipeline instead of the raw [B, 9]
+    /// (and one `reward` output on vLLM's /classify and /pooling instead of the nine attributes).
     #[arg(long)]
     pub merge_attributes: bool,
+    /// Seconds a reply to a request with an `Idempotency-Key` is kept for its retries.
+    #[arg(long, default_value_t = 600.0)]
+    pub idempotency_ttl: f64,
+    /// Most bytes of idempotent replies kept (oldest dropped first); 0 keeps none.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub idempotency_max_bytes: usize,
 }
 
 impl ServiceArgs {
@@ -71,6 +78,12 @@ impl ServiceArgs {
             return Err(format!(
                 "--request-timeout must be a positive number of seconds, got {}",
                 self.request_timeout
+            ));
+        }
+        if !(self.idempotency_ttl.is_finite() && self.idempotency_ttl >= 0.0 && self.idempotency_ttl <= 1e7) {
+            return Err(format!(
+                "--idempotency-ttl must be a number of seconds from 0 to 1e7, got {}",
+                self.idempotency_ttl
             ));
         }
         let api_key = match &self.api_key_env {
@@ -94,6 +107,10 @@ impl ServiceArgs {
             request_timeout: Some(Duration::from_secs_f64(self.request_timeout)),
             api_key,
             merge_attributes: self.merge_attributes,
+            idempotency: crate::server::idempotency::IdempotencyConfig {
+                ttl: Duration::from_secs_f64(self.idempotency_ttl),
+                max_bytes: self.idempotency_max_bytes,
+            },
         })
     }
 }

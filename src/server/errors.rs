@@ -22,6 +22,8 @@ pub enum ErrorKind {
     NotFound,
     /// The body is over the limit.
     PayloadTooLarge,
+    /// Well-formed but refused: an idempotency key reused for another request.
+    Unprocessable,
     /// The queue is full: retry after a while.
     Overloaded,
     /// Shutting down, or the model is gone.
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -50,7 +53,9 @@ impl ErrorKind {
     /// The `type` OpenAI clients expect.
     fn openai_type(self) -> &'static str {
         match self {
-            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge | ErrorKind::Unprocessable => {
+                "invalid_request_error"
+            }
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Overloaded => "rate_limit_error",
             ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal => "server_error",

@@ -6,7 +6,9 @@
 //! - [`openai`]: `POST /v1/chat/completions` (NVIDIA's hosted nemotron-4-340b-reward shape), `GET /v1/models`
 //! - [`openrlhf`]: `POST /get_reward` (OpenRLHF's remote reward model)
 //! - [`kserve`]: KServe v2 / Triton HTTP `reward_model` (NeMo-Aligner's reward server), JSON and binary tensors
+//! - [`vllm`]: `POST /classify`, `POST /pooling` (vLLM's pooling routes, what veRL's reward loop posts)
 //! - [`health`]: `/health`, `/ready`, `/metrics`
+//! - [`idempotency`]: `Idempotency-Key` on every POST route (a retried request is answered once)
 //! - [`limits`]: API key, body limit, deadlines; [`errors`]: the error -> status mapping
 //!
 //! [`run`] serves listeners until a shutdown future resolves, then drains:
@@ -14,6 +16,7 @@
 
 pub mod errors;
 pub mod health;
+pub mod idempotency;
 pub mod kserve;
 mod kserve_binary;
 pub mod limits;
@@ -21,6 +24,7 @@ pub mod metrics;
 pub mod openai;
 pub mod openrlhf;
 pub mod rewards;
+pub mod vllm;
 
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
@@ -52,8 +56,11 @@ pub struct ServeConfig {
     pub request_timeout: Option<Duration>,
     /// Bearer key every route but `/health` needs, if set.
     pub api_key: Option<String>,
-    /// KServe `rewards` as [B, 1] through the reward pipeline instead of the raw [B, 9].
+    /// KServe `rewards` as [B, 1] through the reward pipeline instead of the raw [B, 9]
+    /// (and vLLM's `/classify` one `reward` output instead of the nine attributes).
     pub merge_attributes: bool,
+    /// How long and how much `Idempotency-Key` replies are kept.
+    pub idempotency: idempotency::IdempotencyConfig,
 }
 
 impl ServeConfig {
@@ -69,6 +76,7 @@ impl ServeConfig {
             request_timeout: Some(Duration::from_secs(300)),
             api_key: None,
             merge_attributes: false,
+            idempotency: idempotency::IdempotencyConfig::default(),
         }
     }
 }
@@ -85,6 +93,7 @@ pub struct App {
     pub pipeline: Arc<Mutex<RewardPipeline>>,
     pub config: ServeConfig,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub idempotency: Arc<idempotency::IdempotencyStore>,
 }
 
 pub type AppState = Arc<App>;
@@ -150,9 +159,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/get_reward", post(openrlhf::get_reward))
+        .route("/classify", post(vllm::classify))
+        .route("/pooling", post(vllm::pooling))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(kserve::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::require_api_key));
     Router::new()
         .route("/health", get(health::live))
@@ -175,7 +187,8 @@ pub async fn run(
     let metrics = metrics::handle();
     let worker = Worker::start(scorer, config.queue.clone());
     let pipeline = Arc::clone(&config.reward);
-    let state = Arc::new(App { queue: worker.handle(), pipeline, config, metrics: metrics.clone() });
+    let idempotency = idempotency::IdempotencyStore::new(config.idempotency);
+    let state = Arc::new(App { queue: worker.handle(), pipeline, config, metrics: metrics.clone(), idempotency });
     let app = router(state);
 
     let stop = CancellationToken::new();
