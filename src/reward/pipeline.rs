@@ -280,6 +280,27 @@ impl RewardPipeline {
         &self.running
     }
 
+    /// What [`RewardPipeline::advance`] would commit, without committing it: a
+    /// caller that must make the step durable first saves this, then calls
+    /// [`RewardPipeline::commit_step`] (a failed save leaves the pipeline as it was).
+    pub fn next_step(&self) -> RunningStats {
+        let mut next = self.running.clone();
+        if let Normalize::Running { window, .. } = self.config.normalize {
+            next.commit(&self.pending, window);
+        }
+        next
+    }
+
+    /// Make `next` (from [`RewardPipeline::next_step`]) the committed statistics
+    /// and forget what was pending. No-op for other modes.
+    pub fn commit_step(&mut self, next: RunningStats) -> &RunningStats {
+        if let Normalize::Running { .. } = self.config.normalize {
+            self.running = next;
+            self.pending.clear();
+        }
+        &self.running
+    }
+
     /// Forget all running statistics (and anything pending).
     pub fn reset(&mut self) {
         self.running = RunningStats::default();

@@ -6,6 +6,9 @@ use super::{PresetBook, RewardError, ATTRIBUTES};
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttributeWeights(pub [f64; 9]);
 
+/// The largest weight magnitude accepted.
+pub const MAX_WEIGHT: f64 = 1e6;
+
 /// The model card's mixing: `0.3*helpfulness + 0.74*correctness + 0.46*coherence + 0.47*complexity - 0.33*verbosity`.
 pub const DEFAULT_WEIGHTS: AttributeWeights = AttributeWeights([0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33]);
 
@@ -35,6 +38,16 @@ impl AttributeWeights {
         })?;
         if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
             return Err(RewardError::BadWeights(format!("weight {} ({}) is not finite", i + 1, ATTRIBUTES[i])));
+        }
+        // Past this a weighted sum of raw scores overflows or loses every other
+        // attribute to rounding: such a request could only fail after its forward pass.
+        if let Some(i) = arr.iter().position(|v| v.abs() > MAX_WEIGHT) {
+            return Err(RewardError::BadWeights(format!(
+                "weight {} ({}) is {}; weights must be within ±{MAX_WEIGHT:e}",
+                i + 1,
+                ATTRIBUTES[i],
+                arr[i]
+            )));
         }
         Ok(AttributeWeights(arr))
     }

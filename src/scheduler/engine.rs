@@ -90,6 +90,16 @@ pub(super) fn prepare_loop(
             let _ = reply.send(Ok(Reply { results, timing, sent: Instant::now() }));
             continue;
         }
+        if let Some(limit) = request.max_tokens {
+            // What the request would make the engine compute, counted before it is queued.
+            let mut cost = SharedTokens::default();
+            let tokens: usize = items.iter().filter_map(|r| r.as_ref().ok()).map(|r| cost.add(r)).sum();
+            if tokens > limit {
+                shared.left_queue(1);
+                let _ = reply.send(Err(QueueError::TooExpensive { tokens, limit }));
+                continue;
+            }
+        }
         let job = PreparedJob { items, deadline: request.deadline, prepared_at: Instant::now(), prepare, reply };
         if let Err(lost) = prepared.send(job) {
             shared.left_queue(1);
@@ -164,7 +174,23 @@ fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
         .collect();
     let record = |&(j, i): &(usize, usize)| batch[j].items[i].as_ref().expect("only prepared items are ordered");
     let records: Vec<&PreparedRecord> = order.iter().map(record).collect();
-    let (scores, stats) = scorer.score_with_stats(&records, budget);
+    // A request whose deadline passes or whose client leaves mid-batch stops
+    // costing forward passes (its waiter has its 504 already).
+    let wanted = |r: usize| {
+        let job = &batch[order[r].0];
+        !job.abandoned() && job.deadline.is_none_or(|d| d > Instant::now())
+    };
+    let (scores, stats) = scorer.score_while(&records, budget, &wanted);
+    let mut cut: Vec<usize> = order
+        .iter()
+        .zip(&scores)
+        .filter(|(_, s)| s.as_ref().is_err_and(|e| e.code == "cancelled"))
+        .map(|(&(j, _), _)| j)
+        .collect();
+    cut.dedup();
+    for j in cut {
+        dropped(if batch[j].abandoned() { Dropped::Abandoned } else { Dropped::Expired });
+    }
     let forward = started.elapsed();
     metrics::histogram!("reward_worker_stage_seconds", "stage" => "forward").record(forward.as_secs_f64());
     metrics::counter!("reward_worker_batches_total").increment(1);

@@ -20,7 +20,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// An unknown model name or route.
     NotFound,
-    /// The body is over the limit.
+    /// The body did not arrive in time.
+    RequestTimeout,
+    /// The body (or the work it asks for) is over the limit.
     PayloadTooLarge,
     /// The queue is full: retry after a while.
     Overloaded,
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -50,7 +53,9 @@ impl ErrorKind {
     /// The `type` OpenAI clients expect.
     fn openai_type(self) -> &'static str {
         match self {
-            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout => {
+                "invalid_request_error"
+            }
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Overloaded => "rate_limit_error",
             ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal => "server_error",
@@ -145,8 +150,13 @@ impl From<QueueError> for ApiError {
             QueueError::ShuttingDown => (ErrorKind::Unavailable, "shutting_down"),
             QueueError::DeadlineExceeded => (ErrorKind::Timeout, "deadline_exceeded"),
             QueueError::EngineStopped => (ErrorKind::Unavailable, "engine_stopped"),
+            QueueError::TooExpensive { .. } => (ErrorKind::PayloadTooLarge, "too_many_tokens"),
         };
-        ApiError::new(kind, code, e.to_string())
+        let message = match e {
+            QueueError::TooExpensive { .. } => format!("{e} (--max-request-tokens)"),
+            _ => e.to_string(),
+        };
+        ApiError::new(kind, code, message)
     }
 }
 

@@ -26,9 +26,14 @@ impl ChildServer {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ChildServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reward-worker"))
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reward-worker"));
+        command.args(args).envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// `command` (the binary with its arguments) started with logs on, once it listens.
+    pub fn spawn(mut command: Command) -> ChildServer {
+        let mut child = command
             .env("RUST_LOG", "reward_worker=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -62,6 +67,27 @@ impl ChildServer {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().expect("wait for the server")
+    }
+
+    /// Wait for the exit, failing the test if it takes longer than `limit`
+    /// (a shutdown that hangs is the bug these tests look for).
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("no exit within {limit:?}; stderr: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     pub fn stderr(&self) -> String {
