@@ -265,7 +265,7 @@ fn duration_and_size_flags_out_of_range_are_clear_start_up_errors() {
         (&["--request-timeout", "1e19"], "--request-timeout"),
         (&["--request-timeout", "0"], "--request-timeout"),
         (&["--header-timeout", "nan"], "--header-timeout"),
-        (&["--body-timeout", "-1"], "--body-timeout"),
+        (&["--body-timeout=-1"], "--body-timeout"),
         (&["--shutdown-grace", "1e12"], "--shutdown-grace"),
         (&["--max-body-bytes", "0"], "--max-body-bytes"),
         (&["--max-request-tokens", "0"], "--max-request-tokens"),

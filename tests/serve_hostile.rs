@@ -366,6 +366,9 @@ async fn an_expired_deadline_stops_the_forward_passes_it_paid_for() {
     let innocent = post(&url, &json!({"conversations": [conversation("innocent")]}), None).await;
     assert_eq!(innocent.0, 200, "{}", innocent.1);
     assert_eq!(service.gate.calls(), 2, "one group of the expired request, then the innocent one");
+    // Nothing of it runs later either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(service.gate.calls(), 2);
     service.stop().await;
 }
 
@@ -373,7 +376,7 @@ async fn an_expired_deadline_stops_the_forward_passes_it_paid_for() {
 async fn weights_that_can_only_overflow_are_400_before_the_forward() {
     let _serial = SERIAL.lock().await;
     let service = start(config(), true).await;
-    let body = json!({"conversations": [conversation("x")], "weights": [1e308; 9]});
+    let body = json!({"conversations": [conversation("x")], "weights": vec![1e308; 9]});
     let (status, error) = post(&service.url(), &body, None).await;
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["error"]["code"], "invalid_weights");
@@ -470,5 +473,43 @@ async fn decided_edge_cases_behave_as_the_readme_says() {
     let (status, error) = post_to(&url, route, &infer(json!("r2"), json!([[1, 2, 3], [4]])), &key).await;
     assert_eq!(status, 400, "{error}");
     assert!(error["error"].as_str().unwrap().contains("nested but not as its shape"), "{error}");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_of_many_forward_batches_does_not_starve_the_others() {
+    let _serial = SERIAL.lock().await;
+    let mut config = config();
+    config.queue.batch_tokens = 512; // the big request is many groups of forward batches
+    let service = start(config, false).await;
+    let url = service.url();
+    let big = {
+        let url = url.clone();
+        let body = json!({"conversations": [many_turns(300)], "truncate": "left"});
+        tokio::spawn(async move { post(&url, &body, None).await })
+    };
+    service.gate.entered(1).await; // its first group is in the forward
+    let innocent = {
+        let url = url.clone();
+        tokio::spawn(async move { post(&url, &json!({"conversations": [conversation("innocent")]}), None).await })
+    };
+    for _ in 0..600 {
+        let ready: Value = reqwest::get(format!("{url}/ready")).await.unwrap().json().await.unwrap();
+        if ready["queue"]["waiting"].as_u64() == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two passes: the big request's first group, then the innocent request
+    // between its groups; its second group then waits at the gate.
+    service.gate.allow(2);
+    let (status, answer) = innocent.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    service.gate.entered(3).await;
+    assert!(!big.is_finished(), "the innocent request was answered between the big one's groups");
+    service.gate.set(true);
+    let (status, answer) = big.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["turns"].as_array().unwrap().len(), 150);
     service.stop().await;
 }

@@ -155,8 +155,10 @@ pub fn run(args: ServeArgs) -> Result<i32, String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let socket = runtime.block_on(async {
+        // Watch the signals before the `listening on` line: a SIGTERM right after it drains too.
+        let signals = shutdown_signal()?;
         let (listeners, socket) = bind(&args.service).await?;
-        let served = server::run(scorer, listeners, shutdown_signal(), config).await;
+        let served = server::run(scorer, listeners, signals, config).await;
         served.map_err(|e| format!("the server failed: {e}")).map(|()| socket)
     })?;
     if let Some(socket) = socket {
@@ -233,19 +235,17 @@ fn bind_unix(path: &std::path::Path) -> Result<(tokio::net::UnixListener, OwnSoc
     Ok((uds, OwnSocket { path: path.to_path_buf(), id: (meta.dev(), meta.ino()) }))
 }
 
-/// SIGTERM (what SLURM, Kubernetes and systemd send) or Ctrl-C.
-async fn shutdown_signal() {
+/// SIGTERM (what SLURM, Kubernetes and systemd send) or Ctrl-C, watched from
+/// the moment this returns.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let watch = |kind: SignalKind, name: &str| signal(kind).map_err(|e| format!("cannot watch {name}: {e}"));
+    let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

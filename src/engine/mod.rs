@@ -134,19 +134,21 @@ impl Scorer {
         records: &[&PreparedRecord],
         batch_tokens: usize,
     ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
-        self.score_while(records, batch_tokens, &|_| true)
+        self.score_while(records, batch_tokens, &|_| true, &mut || {})
     }
 
     /// [`Scorer::score_with_stats`], asking `wanted(record)` before each group of
     /// forward batches: a batch whose every read-out belongs to records no longer
     /// wanted (their deadline passed, their client left) is not computed, and
     /// those records get `cancelled`. So an abandoned request stops costing the
-    /// engine within one group of batches.
+    /// engine within one group of batches. `between` runs between two groups (a
+    /// scheduler serves other requests there, so a long call cannot starve them).
     pub fn score_while(
         &self,
         records: &[&PreparedRecord],
         batch_tokens: usize,
         wanted: &dyn Fn(usize) -> bool,
+        between: &mut dyn FnMut(),
     ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
         let mut tree = PrefixTree::new();
         // Who reads each read-out: (record, turn, truncated).
@@ -167,7 +169,10 @@ impl Scorer {
         // records still wanted are asked again.
         let group = self.backend.micro_batches().max(1) * 4;
         let mut results = Vec::with_capacity(planned.len());
-        for chunk in planned.chunks(group) {
+        for (g, chunk) in planned.chunks(group).enumerate() {
+            if g > 0 {
+                between();
+            }
             let live: Vec<_> = chunk
                 .iter()
                 .filter(|b| b.readouts.iter().any(|id| readers[id].iter().any(|&(r, _, _)| wanted(r))))
@@ -176,6 +181,9 @@ impl Scorer {
                 for &(r, _, _) in b.readouts.iter().flat_map(|id| readers[id].iter()) {
                     failed[r] = Some(RecordError::new("cancelled", "not computed: nobody waits for it any more"));
                 }
+            }
+            if live.is_empty() {
+                continue;
             }
             let layouts: Vec<BatchLayout> = live.iter().map(|b| b.layout.clone()).collect();
             stats.tokens_computed += layouts.iter().map(BatchLayout::rows).sum::<usize>();

@@ -107,17 +107,32 @@ impl Drop for ChildServer {
 /// A forward pass that waits until the test opens the gate, and counts calls.
 pub struct Gate {
     open: Mutex<bool>,
+    /// With `Some(n)`, only n more forward passes go through, then the gate shuts.
+    passes: Mutex<Option<usize>>,
     changed: Condvar,
     pub calls: AtomicUsize,
 }
 
 impl Gate {
     pub fn new(open: bool) -> Arc<Gate> {
-        Arc::new(Gate { open: Mutex::new(open), changed: Condvar::new(), calls: AtomicUsize::new(0) })
+        Arc::new(Gate {
+            open: Mutex::new(open),
+            passes: Mutex::new(None),
+            changed: Condvar::new(),
+            calls: AtomicUsize::new(0),
+        })
     }
 
     pub fn set(&self, open: bool) {
+        *self.passes.lock().unwrap() = None;
         *self.open.lock().unwrap() = open;
+        self.changed.notify_all();
+    }
+
+    /// Open the gate for exactly `n` more forward passes.
+    pub fn allow(&self, n: usize) {
+        *self.passes.lock().unwrap() = Some(n);
+        *self.open.lock().unwrap() = n > 0;
         self.changed.notify_all();
     }
 
@@ -148,6 +163,10 @@ impl Forward for GatedModel {
         let mut open = self.gate.open.lock().unwrap();
         while !*open {
             open = self.gate.changed.wait(open).unwrap();
+        }
+        if let Some(left) = self.gate.passes.lock().unwrap().as_mut() {
+            *left -= 1;
+            *open = *left > 0;
         }
         drop(open);
         batches.iter().map(|b| self.inner.forward_one(b)).collect()
