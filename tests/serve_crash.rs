@@ -228,9 +228,12 @@ fn send_and_read(mut stream: std::net::TcpStream, bytes: Vec<u8>) -> std::thread
 #[test]
 fn sigterm_at_every_stage_of_a_request_exits_0_in_time_with_the_state_saved() {
     sigterm_at("idle", |_| None);
-    sigterm_at("half_headers", |s| Some(send_and_read(tcp(s), b"POST /v1/rewards HTTP/1.1\r\nHost: t\r\nX-A".to_vec())));
+    sigterm_at("half_headers", |s| {
+        Some(send_and_read(tcp(s), b"POST /v1/rewards HTTP/1.1\r\nHost: t\r\nX-A".to_vec()))
+    });
     sigterm_at("half_body", |s| {
-        let head = "POST /v1/rewards HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+        let head =
+            "POST /v1/rewards HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
         Some(send_and_read(tcp(s), format!("{head}{{\"conversations\": [1,").into_bytes()))
     });
     sigterm_at("keep_alive", |s| {
@@ -242,7 +245,8 @@ fn sigterm_at_every_stage_of_a_request_exits_0_in_time_with_the_state_saved() {
         Some(send_and_read(stream, Vec::new()))
     });
     sigterm_at("in_flight", |s| {
-        let conversations: Vec<Value> = (0..48).flat_map(|i| rewards_body(i)["conversations"].as_array().unwrap().clone()).collect();
+        let conversations: Vec<Value> =
+            (0..48).flat_map(|i| rewards_body(i)["conversations"].as_array().unwrap().clone()).collect();
         let body = json!({"conversations": conversations}).to_string();
         let head = format!(
             "POST /v1/rewards HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",

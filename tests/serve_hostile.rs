@@ -113,7 +113,8 @@ async fn read_response(stream: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut byte)).await.expect("a response").unwrap();
+        let n =
+            tokio::time::timeout(Duration::from_secs(60), stream.read(&mut byte)).await.expect("a response").unwrap();
         assert!(n == 1, "the connection closed mid-response: {}", String::from_utf8_lossy(&buf));
         buf.push(byte[0]);
     }
@@ -176,7 +177,9 @@ async fn slow_headers_and_bodies_by_the_hundred_time_out_while_real_requests_are
     let real: Vec<_> = (0..8)
         .map(|i| {
             let url = url.clone();
-            tokio::spawn(async move { post(&url, &json!({"conversations": [conversation(&format!("real {i}"))]}), None).await })
+            tokio::spawn(async move {
+                post(&url, &json!({"conversations": [conversation(&format!("real {i}"))]}), None).await
+            })
         })
         .collect();
     for r in real {
@@ -405,7 +408,8 @@ async fn one_role_rule_for_every_role_and_route() {
                             {"role": assistant, "content": "Hello."}]})
     };
     // Any case, every role, /v1/rewards and the chat route alike.
-    for (system, user, assistant) in [("system", "user", "assistant"), ("System", "USER", "Assistant"), ("SYSTEM", "human", "gpt")]
+    for (system, user, assistant) in
+        [("system", "user", "assistant"), ("System", "USER", "Assistant"), ("SYSTEM", "human", "gpt")]
     {
         let (status, answer) = post(&url, &json!({"conversations": [record(system, user, assistant)]}), None).await;
         assert_eq!(status, 200, "{system}/{user}/{assistant}: {answer}");
@@ -450,9 +454,8 @@ async fn decided_edge_cases_behave_as_the_readme_says() {
     let (status, answer) = post_to(&url, "/v1/rewards", dup, &key).await;
     assert_eq!(status, 200, "{answer}");
     // Chat `n`: 1 (or 1.0) only.
-    let chat = |n: Value| {
-        json!({"model": "tiny-nemotron-rm", "n": n, "messages": conversation("a")["messages"]}).to_string()
-    };
+    let chat =
+        |n: Value| json!({"model": "tiny-nemotron-rm", "n": n, "messages": conversation("a")["messages"]}).to_string();
     assert_eq!(post_to(&url, "/v1/chat/completions", &chat(json!(1.0)), &key).await.0, 200);
     let (status, error) = post_to(&url, "/v1/chat/completions", &chat(json!(2.0)), &key).await;
     assert_eq!(status, 400, "{error}");

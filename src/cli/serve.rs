@@ -106,7 +106,9 @@ impl ServiceArgs {
         let body_timeout = seconds("--body-timeout", self.body_timeout, 0.001)?;
         let shutdown_grace = seconds("--shutdown-grace", self.shutdown_grace, 0.0)?;
         if let Some(empty) = self.served_model_name.iter().find(|n| n.trim().is_empty() || n.trim() != n.as_str()) {
-            return Err(format!("--served-model-name must be a non-empty name without surrounding spaces, got {empty:?}"));
+            return Err(format!(
+                "--served-model-name must be a non-empty name without surrounding spaces, got {empty:?}"
+            ));
         }
         let api_key = match &self.api_key_env {
             None => None,

@@ -162,7 +162,8 @@ impl Scorer {
         }
         let budget = (batch_tokens / self.backend.micro_batches().max(1)).max(1);
         let planned = tree.plan(budget);
-        let mut stats = ScoreStats { tokens_requested: records.iter().map(|r| r.tokens()).sum(), ..ScoreStats::default() };
+        let mut stats =
+            ScoreStats { tokens_requested: records.iter().map(|r| r.tokens()).sum(), ..ScoreStats::default() };
         let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); records.len()];
         let mut failed: Vec<Option<RecordError>> = vec![None; records.len()];
         // Groups of batches that keep a pipeline's stages busy; between groups the

@@ -187,7 +187,10 @@ pub async fn guard(State(life): State<Arc<Lifecycle>>, request: Request, next: N
         return closing(ApiError::new(
             ErrorKind::PayloadTooLarge,
             "payload_too_large",
-            format!("the body is {length} bytes (Content-Length); the limit is {} (--max-body-bytes)", limits.max_body_bytes),
+            format!(
+                "the body is {length} bytes (Content-Length); the limit is {} bytes (--max-body-bytes)",
+                limits.max_body_bytes
+            ),
         ));
     }
     let (parts, body) = request.into_parts();
@@ -203,10 +206,7 @@ pub async fn guard(State(life): State<Arc<Lifecycle>>, request: Request, next: N
             return closing(ApiError::new(
                 ErrorKind::RequestTimeout,
                 "body_timeout",
-                format!(
-                    "the body did not arrive within {} s (--body-timeout)",
-                    limits.body_timeout.as_secs_f64()
-                ),
+                format!("the body did not arrive within {} s (--body-timeout)", limits.body_timeout.as_secs_f64()),
             ));
         }
         Ok(Err(e)) if is_length_limit(&e) => {

@@ -143,7 +143,9 @@ fn decode_json(name: &str, datatype: &str, data: Option<&Value>, shape: &[usize]
     // with the shape is refused rather than flattened into some other tensor.
     let nested = data.as_array().is_some_and(|items| items.iter().any(Value::is_array));
     if nested && !nesting_matches(data, shape) {
-        return Err(bad(format!("input `{name}`: `data` is nested but not as its shape {shape:?}; send it flat or nested as the shape")));
+        return Err(bad(format!(
+            "input `{name}`: `data` is nested but not as its shape {shape:?}; send it flat or nested as the shape"
+        )));
     }
     let mut flat = Vec::new();
     flatten(data, &mut flat);
@@ -166,9 +168,7 @@ fn decode_json(name: &str, datatype: &str, data: Option<&Value>, shape: &[usize]
 
 fn nesting_matches(v: &Value, shape: &[usize]) -> bool {
     match (v, shape.split_first()) {
-        (Value::Array(items), Some((&n, rest))) => {
-            items.len() == n && items.iter().all(|i| nesting_matches(i, rest))
-        }
+        (Value::Array(items), Some((&n, rest))) => items.len() == n && items.iter().all(|i| nesting_matches(i, rest)),
         (Value::Array(_), None) => false,
         (_, None) => true,
         (_, Some(_)) => false,
@@ -233,7 +233,9 @@ mod tests {
         assert!(m.contains("datatype FP32"), "{m}");
         let m = err(json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [1], "data": [3]}]}));
         assert!(m.contains("must be strings"), "{m}");
-        let m = err(json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [2, 2], "data": [[1, 2, 3], [4]]}]}));
+        let m = err(
+            json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [2, 2], "data": [[1, 2, 3], [4]]}]}),
+        );
         assert!(m.contains("nested but not as its shape [2, 2]"), "{m}");
         let m = err(json!({"id": 7, "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1], "data": [1]}]}));
         assert!(m.contains("`id` must be a string"), "{m}");

@@ -22,11 +22,7 @@ pub async fn require_api_key(State(state): State<AppState>, request: Request, ne
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match given {
         Some(key) if same_bytes(key.trim().as_bytes(), expected.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::new(ErrorKind::Unauthorized, "invalid_api_key", "the API key is wrong").into_response(),

@@ -52,7 +52,10 @@ pub async fn chat_completions(
         None | Some(Value::Null) => {}
         Some(n) if n.as_f64() == Some(1.0) => {}
         Some(n) => {
-            return Err(ApiError::bad_request("unsupported", format!("`n` must be 1: a reward model has one answer, got {n}")))
+            return Err(ApiError::bad_request(
+                "unsupported",
+                format!("`n` must be 1: a reward model has one answer, got {n}"),
+            ))
         }
     }
     let messages =
