@@ -359,7 +359,7 @@ async fn an_expired_deadline_stops_the_forward_passes_it_paid_for() {
     let big = json!({"conversations": [many_turns(300)], "truncate": "left"});
     let (status, error) = {
         let url = url.clone();
-        let request = tokio::spawn(async move { post(&url, &big, Some("0.5")).await });
+        let request = tokio::spawn(async move { post(&url, &big, Some("1.5")).await });
         service.gate.entered(1).await; // its first group of batches is running
         request.await.unwrap()
     };

@@ -153,8 +153,11 @@ impl RewardPipeline {
 
     /// The weights a request resolves to (its override, else the configured ones).
     pub fn resolve(&self, request: &RewardOverride) -> Result<(AttributeWeights, String), RewardError> {
-        Ok(resolve_weights(&self.presets, request.weights.as_deref(), request.preset.as_deref())?
-            .unwrap_or_else(|| (self.weights, self.weights_name.clone())))
+        let resolved = resolve_weights(&self.presets, request.weights.as_deref(), request.preset.as_deref())?;
+        if request.weights.is_some() {
+            resolved.as_ref().map_or(Ok(()), |(w, _)| w.check_request())?;
+        }
+        Ok(resolved.unwrap_or_else(|| (self.weights, self.weights_name.clone())))
     }
 
     /// Map a batch of raw vectors to rewards. A bad request (unknown preset,
