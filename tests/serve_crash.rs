@@ -61,20 +61,7 @@ async fn the_running_state_survives_sigkill_at_random_points_of_a_stream_of_step
     const KILLS: usize = 50;
     for round in 0..KILLS {
         let mut server = ChildServer::start(&serve_args(&state_arg, &[]));
-        // After every restart the file holds the last answered step, or the one
-        // that was being committed when the kill came; never anything torn.
-        let on_disk = read_state(&state);
-        let acked_steps = acked.as_ref().map_or(0, |a| a["steps"].as_u64().unwrap());
-        let disk_steps = on_disk.as_ref().map_or(0, |d| d["steps"].as_u64().unwrap());
-        if disk_steps == acked_steps {
-            if let Some(a) = &acked {
-                assert_eq!(on_disk.as_ref().unwrap(), a, "round {round}: the file is not the last answered step");
-            }
-        } else {
-            assert_eq!(disk_steps, acked_steps + 1, "round {round}: file at step {disk_steps}, answered {acked_steps}");
-            in_flight_saved += 1;
-            acked = on_disk.clone();
-        }
+        in_flight_saved += check_after_restart(&state, &mut acked, round);
 
         let pid = server.child.id() as i32;
         let delay = Duration::from_millis(rng.below(400));
@@ -100,16 +87,35 @@ async fn the_running_state_survives_sigkill_at_random_points_of_a_stream_of_step
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL), "round {round}: {}", server.stderr());
     }
-    eprintln!("{KILLS} kills, {answered_steps} answered steps, {in_flight_saved} saved steps whose answer was cut off");
     assert!(answered_steps >= KILLS / 2, "the stream made progress: {answered_steps} steps");
 
     // A clean stop after all that: the file is the last step plus this run's rewards as one more.
     let mut server = ChildServer::start(&serve_args(&state_arg, &[]));
+    in_flight_saved += check_after_restart(&state, &mut acked, KILLS);
     assert_eq!(server.terminate().code(), Some(0), "{}", server.stderr());
     let last = read_state(&state).unwrap();
     let acked_steps = acked.as_ref().map_or(0, |a| a["steps"].as_u64().unwrap());
     assert_eq!(last["steps"].as_u64().unwrap(), acked_steps + 1);
     assert_eq!(last["count"], acked.unwrap()["count"], "no rewards were pending at the clean stop");
+    eprintln!("{KILLS} kills, {answered_steps} answered steps, {in_flight_saved} saved steps whose answer was cut off");
+}
+
+/// After a restart the file holds the last answered step, or the one that was
+/// being committed when the kill came (then that one counts as answered);
+/// never anything torn. Returns 1 in the second case.
+fn check_after_restart(state: &Path, acked: &mut Option<Value>, round: usize) -> usize {
+    let on_disk = read_state(state);
+    let acked_steps = acked.as_ref().map_or(0, |a| a["steps"].as_u64().unwrap());
+    let disk_steps = on_disk.as_ref().map_or(0, |d| d["steps"].as_u64().unwrap());
+    if disk_steps == acked_steps {
+        if let Some(a) = acked.as_ref() {
+            assert_eq!(on_disk.as_ref(), Some(a), "round {round}: the file is not the last answered step");
+        }
+        return 0;
+    }
+    assert_eq!(disk_steps, acked_steps + 1, "round {round}: file at step {disk_steps}, answered {acked_steps}");
+    *acked = on_disk;
+    1
 }
 
 #[test]

@@ -178,22 +178,27 @@ pub fn run(args: ServeArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// Bind the sockets and say where (the one line scripts and tests wait for).
+/// Bind the sockets, then say where (the lines scripts and tests wait for):
+/// every socket is bound before the first line is printed.
 async fn bind(service: &ServiceArgs) -> Result<(Vec<Listener>, Option<OwnSocket>), String> {
     let mut listeners = Vec::new();
+    let mut lines = Vec::new();
     if !service.no_tcp {
         let addr = format!("{}:{}", service.host, service.port);
         let tcp = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = tcp.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
-        eprintln!("listening on http://{bound}");
+        lines.push(format!("listening on http://{bound}"));
         listeners.push(Listener::Tcp(tcp));
     }
     let mut own = None;
     if let Some(path) = &service.uds {
         let (uds, socket) = bind_unix(path)?;
-        eprintln!("listening on unix:{}", path.display());
+        lines.push(format!("listening on unix:{}", path.display()));
         listeners.push(Listener::Unix(uds));
         own = Some(socket);
+    }
+    for line in lines {
+        eprintln!("{line}");
     }
     Ok((listeners, own))
 }
