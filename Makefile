@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` and `make test`. Both set up the
 # project-local libtorch (PyPI torch==2.11.0 in .venv) on first use.
-.PHONY: setup build run test test-avx2 bench bench-serve
+.PHONY: setup build run test test-avx2 fault bench bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -23,6 +23,10 @@ test: setup
 # an AVX2-only CPU (README "Tests on every CPU").
 test-avx2: setup
 	scripts/test-avx2.sh
+
+# The service under hostile clients, signals and crashes (also part of `make test`; about 1.5 min).
+fault: setup
+	cargo test --release --test serve_hostile --test serve_crash --test serve_faults
 
 # reward-worker vs transformers on the same weights (installs transformers into .venv).
 # Full run: workloads a-e, about 80 min on 2 quiet bf16-capable cores; `make bench BENCH_ARGS=--quick` for a smoke run.

@@ -34,7 +34,9 @@
 //!   tokenising while the model runs, token-budget batches on the engine thread;
 //!   also the in-process handle for programs that embed the worker.
 //! - [`server`]: the HTTP service (axum): `/v1/rewards`, OpenAI chat
-//!   completions, OpenRLHF `/get_reward`, KServe v2, health and metrics.
+//!   completions, OpenRLHF `/get_reward`, KServe v2, health and metrics;
+//!   connections with header/body timeouts and a bounded shutdown, and the
+//!   running statistics saved durably per step.
 //! - [`recipe`]: training recipes (TOML) that `launch` turns into `serve` flags.
 //! - [`cli`]: the `reward-worker` command line (`main.rs` only calls it).
 

@@ -69,7 +69,7 @@ pub fn parse_record(record: &Value) -> Result<Conversation, RecordError> {
 fn parse_seed(turns: &Value, system: Option<&Value>) -> Result<Conversation, RecordError> {
     let items =
         turns.as_array().ok_or_else(|| invalid(format!("`conversations` must be an array, got {}", kind_of(turns))))?;
-    let system = match system {
+    let mut system = match system {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => return Err(invalid(format!("`system` must be a string, got {}", kind_of(other)))),
@@ -79,7 +79,10 @@ fn parse_seed(turns: &Value, system: Option<&Value>) -> Result<Conversation, Rec
         let at = format!("conversations[{i}]");
         let role = string_field(item, "from", &at)?;
         let text = string_field(item, "value", &at)?;
-        out.push(Turn { role: parse_role(role, &format!("{at}.from"))?, text: text.to_owned() });
+        match speaker(role, &format!("{at}.from"))? {
+            Speaker::System => set_system(&mut system, text.to_owned(), !out.is_empty(), &at)?,
+            Speaker::Turn(role) => out.push(Turn { role, text: text.to_owned() }),
+        }
     }
     Ok(Conversation { system, turns: out })
 }
@@ -94,24 +97,48 @@ fn parse_openai(messages: &Value) -> Result<Conversation, RecordError> {
         let at = format!("messages[{i}]");
         let role = string_field(item, "role", &at)?;
         let text = content_text(item, &at)?;
-        if role == "system" || role == "developer" {
-            if !out.is_empty() {
-                return Err(invalid(format!("{at}: a system message may only come before the first turn")));
-            }
-            system = Some(text);
-            continue;
+        match speaker(role, &format!("{at}.role"))? {
+            Speaker::System => set_system(&mut system, text, !out.is_empty(), &at)?,
+            Speaker::Turn(role) => out.push(Turn { role, text }),
         }
-        out.push(Turn { role: parse_role(role, &format!("{at}.role"))?, text });
     }
     Ok(Conversation { system, turns: out })
 }
 
-fn parse_role(role: &str, at: &str) -> Result<Role, RecordError> {
+/// Who speaks in a message or turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    System,
+    Turn(Role),
+}
+
+/// The one role rule of every format and route: names are case-insensitive;
+/// `system` / `developer` is the system text, `user` / `human` the user,
+/// `assistant` / `gpt` the assistant (ShareGPT's names). Anything else is `unknown_role`.
+pub fn speaker(role: &str, at: &str) -> Result<Speaker, RecordError> {
     match role.to_ascii_lowercase().as_str() {
-        "user" | "human" => Ok(Role::User),
-        "assistant" | "gpt" => Ok(Role::Assistant),
-        _ => Err(RecordError::new("unknown_role", format!("{at}: unknown role `{role}` (expected User or Assistant)"))),
+        "system" | "developer" => Ok(Speaker::System),
+        "user" | "human" => Ok(Speaker::Turn(Role::User)),
+        "assistant" | "gpt" => Ok(Speaker::Turn(Role::Assistant)),
+        _ => Err(RecordError::new(
+            "unknown_role",
+            format!("{at}: unknown role `{role}` (expected system, user or assistant, in any case)"),
+        )),
     }
+}
+
+/// A system message: one, before the first turn. A second is refused rather
+/// than one of the two being dropped silently (and the seed format's `system`
+/// field counts as one).
+fn set_system(system: &mut Option<String>, text: String, after_turns: bool, at: &str) -> Result<(), RecordError> {
+    if after_turns {
+        return Err(invalid(format!("{at}: a system message may only come before the first turn")));
+    }
+    if system.is_some() {
+        return Err(invalid(format!("{at}: a second system message; send one (the record already has a system text)")));
+    }
+    *system = Some(text);
+    Ok(())
 }
 
 fn string_field<'a>(item: &'a Value, field: &str, at: &str) -> Result<&'a str, RecordError> {

@@ -6,7 +6,7 @@ pub mod layout;
 pub mod template;
 pub mod tokenizer;
 
-pub use format::{parse_record, Conversation, Role, Turn};
+pub use format::{parse_record, speaker, Conversation, Role, Speaker, Turn};
 pub use layout::{layout_conversation, Sequence, Truncate};
 pub use template::SYSTEM_PROMPT;
 pub use tokenizer::ChatTokenizer;

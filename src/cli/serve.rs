@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::common::ModelArgs;
 use super::reward_args::RewardArgs;
 use crate::scheduler::QueueConfig;
+use crate::server::state_file::StateFile;
 use crate::server::{self, Listener, ServeConfig};
 
 #[derive(Args, Debug, Clone)]
@@ -30,7 +31,7 @@ pub struct ServiceArgs {
     /// TCP port; 0 picks a free one (printed on the `listening on` line).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Also serve on this Unix socket (a stale socket file there is replaced).
+    /// Also serve on this Unix socket (a stale socket file there is replaced; a live one is refused).
     #[arg(long)]
     pub uds: Option<PathBuf>,
     /// Serve on the Unix socket only (needs --uds).
@@ -51,9 +52,21 @@ pub struct ServiceArgs {
     /// Deadline in seconds of a request without an `x-request-timeout` header (504 after it).
     #[arg(long, default_value_t = 300.0)]
     pub request_timeout: f64,
-    /// Largest request body in bytes (413 past it).
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive connection stays open.
+    #[arg(long, default_value_t = 20.0)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a request's body (408 after it).
+    #[arg(long, default_value_t = 60.0)]
+    pub body_timeout: f64,
+    /// Seconds from SIGTERM to exit, at most: accepted requests are answered within it, then everything closes.
+    #[arg(long, default_value_t = 25.0)]
+    pub shutdown_grace: f64,
+    /// Largest request body in bytes (413 past it, before the body is read when Content-Length says so).
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Most tokens one request may cost after truncation, shared prefixes once (413 past it).
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_REQUEST_TOKENS)]
+    pub max_request_tokens: usize,
     /// Most conversations (sentences, queries) in one request (400 past it).
     #[arg(long, default_value_t = 1024)]
     pub max_conversations: usize,
@@ -69,23 +82,42 @@ pub struct ServiceArgs {
     pub idempotency_max_bytes: usize,
 }
 
+/// Longest duration flag: a week (a larger one is a typo, and past u64 nanoseconds it would panic).
+const MAX_SECONDS: f64 = 7.0 * 86400.0;
+
+/// `value` seconds as a duration within [min, MAX_SECONDS], or a clear error naming the flag.
+fn seconds(flag: &str, value: f64, min: f64) -> Result<Duration, String> {
+    if !(value.is_finite() && value >= min && value <= MAX_SECONDS) {
+        return Err(format!("{flag} must be a number of seconds from {min} to {MAX_SECONDS} (a week), got {value}"));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// `value` within [min, max], or a clear error naming the flag.
+fn count(flag: &str, value: usize, min: usize, max: usize) -> Result<usize, String> {
+    if !(min..=max).contains(&value) {
+        return Err(format!("{flag} must be from {min} to {max}, got {value}"));
+    }
+    Ok(value)
+}
+
 impl ServiceArgs {
     fn config(&self, args: &ServeArgs, reward: crate::reward::RewardPipeline) -> Result<ServeConfig, String> {
-        if self.queue_limit == 0 || self.max_conversations == 0 || self.max_body_bytes == 0 {
-            return Err("--queue-limit, --max-conversations and --max-body-bytes must be at least 1".into());
-        }
-        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
+        count("--queue-limit", self.queue_limit, 1, 1 << 20)?;
+        count("--max-conversations", self.max_conversations, 1, 1 << 20)?;
+        count("--max-body-bytes", self.max_body_bytes, 1, 1 << 32)?;
+        count("--max-request-tokens", self.max_request_tokens, 1, 1 << 40)?;
+        count("--prepare-threads", self.prepare_threads, 1, 1024)?;
+        let request_timeout = seconds("--request-timeout", self.request_timeout, 0.001)?;
+        let header_timeout = seconds("--header-timeout", self.header_timeout, 0.001)?;
+        let body_timeout = seconds("--body-timeout", self.body_timeout, 0.001)?;
+        let shutdown_grace = seconds("--shutdown-grace", self.shutdown_grace, 0.0)?;
+        if let Some(empty) = self.served_model_name.iter().find(|n| n.trim().is_empty() || n.trim() != n.as_str()) {
             return Err(format!(
-                "--request-timeout must be a positive number of seconds, got {}",
-                self.request_timeout
+                "--served-model-name must be a non-empty name without surrounding spaces, got {empty:?}"
             ));
         }
-        if !(self.idempotency_ttl.is_finite() && self.idempotency_ttl >= 0.0 && self.idempotency_ttl <= 1e7) {
-            return Err(format!(
-                "--idempotency-ttl must be a number of seconds from 0 to 1e7, got {}",
-                self.idempotency_ttl
-            ));
-        }
+        let idempotency_ttl = seconds("--idempotency-ttl", self.idempotency_ttl, 0.0)?;
         let api_key = match &self.api_key_env {
             None => None,
             Some(name) => match std::env::var(name) {
@@ -93,24 +125,33 @@ impl ServiceArgs {
                 _ => return Err(format!("--api-key-env {name}: the environment variable is not set or empty")),
             },
         };
+        let running_state = match &args.reward.running_state {
+            Some(path) => Some(std::sync::Arc::new(StateFile::open(path).map_err(|e| e.to_string())?)),
+            None => None,
+        };
         Ok(ServeConfig {
             queue: QueueConfig {
                 batch_tokens: args.model.batch_tokens,
                 queue_limit: self.queue_limit,
-                prepare_threads: self.prepare_threads.max(1),
+                prepare_threads: self.prepare_threads,
             },
             served_names: self.served_model_name.clone(),
             reward: std::sync::Arc::new(std::sync::Mutex::new(reward)),
             options: args.model.options(),
             max_body_bytes: self.max_body_bytes,
             max_conversations: self.max_conversations,
-            request_timeout: Some(Duration::from_secs_f64(self.request_timeout)),
+            request_timeout: Some(request_timeout),
             api_key,
             merge_attributes: self.merge_attributes,
             idempotency: crate::server::idempotency::IdempotencyConfig {
-                ttl: Duration::from_secs_f64(self.idempotency_ttl),
+                ttl: idempotency_ttl,
                 max_bytes: self.idempotency_max_bytes,
             },
+            max_request_tokens: Some(self.max_request_tokens),
+            header_timeout,
+            body_timeout,
+            shutdown_grace,
+            running_state,
         })
     }
 }
@@ -119,6 +160,7 @@ pub fn run(args: ServeArgs) -> Result<i32, String> {
     let pipeline = args.reward.build()?;
     let config = args.service.config(&args, pipeline)?;
     let reward = std::sync::Arc::clone(&config.reward);
+    let state_file = config.running_state.clone();
     let scorer = args.model.load()?;
     tracing::info!(backend = %scorer.describe(), "engine ready");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,54 +168,103 @@ pub fn run(args: ServeArgs) -> Result<i32, String> {
         .thread_name("http")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async {
-        let listeners = bind(&args.service).await?;
-        server::run(scorer, listeners, shutdown_signal(), config).await.map_err(|e| format!("the server failed: {e}"))
+    let socket = runtime.block_on(async {
+        // Watch the signals before the `listening on` line: a SIGTERM right after it drains too.
+        let signals = shutdown_signal()?;
+        let (listeners, socket) = bind(&args.service).await?;
+        let served = server::run(scorer, listeners, signals, config).await;
+        served.map_err(|e| format!("the server failed: {e}")).map(|()| socket)
     })?;
-    if let Some(path) = &args.service.uds {
-        let _ = std::fs::remove_file(path);
+    if let Some(socket) = socket {
+        socket.remove_if_ours();
     }
-    let mut pipeline = reward.lock().expect("the reward pipeline lock is never poisoned");
-    args.reward.save_running_state(&mut pipeline)?;
+    // The engine thread may still be in a forward pass past the grace: do not wait for it.
+    runtime.shutdown_background();
+    if let Some(file) = state_file {
+        // The rewards since the last step are committed as one more step, as `score` does.
+        let mut pipeline = reward.lock().expect("the reward pipeline lock is never poisoned");
+        let next = pipeline.next_step();
+        file.save(&next).map_err(|e| e.to_string())?;
+        pipeline.commit_step(next);
+    }
     Ok(0)
 }
 
-/// Bind the sockets and say where (the one line scripts and tests wait for).
-async fn bind(service: &ServiceArgs) -> Result<Vec<Listener>, String> {
+/// Bind the sockets, then say where (the lines scripts and tests wait for):
+/// every socket is bound before the first line is printed.
+async fn bind(service: &ServiceArgs) -> Result<(Vec<Listener>, Option<OwnSocket>), String> {
     let mut listeners = Vec::new();
+    let mut lines = Vec::new();
     if !service.no_tcp {
         let addr = format!("{}:{}", service.host, service.port);
         let tcp = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = tcp.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
-        eprintln!("listening on http://{bound}");
+        lines.push(format!("listening on http://{bound}"));
         listeners.push(Listener::Tcp(tcp));
     }
+    let mut own = None;
     if let Some(path) = &service.uds {
-        use std::os::unix::fs::FileTypeExt;
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(path);
-        }
-        let uds =
-            tokio::net::UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-        eprintln!("listening on unix:{}", path.display());
+        let (uds, socket) = bind_unix(path)?;
+        lines.push(format!("listening on unix:{}", path.display()));
         listeners.push(Listener::Unix(uds));
+        own = Some(socket);
     }
-    Ok(listeners)
+    for line in lines {
+        eprintln!("{line}");
+    }
+    Ok((listeners, own))
 }
 
-/// SIGTERM (what SLURM, Kubernetes and systemd send) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
+/// The socket file this process created (device + inode), removed at exit only
+/// if it is still that file: a later server that replaced it keeps its own.
+struct OwnSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl OwnSocket {
+    fn remove_if_ours(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Bind a Unix socket at `path`. A socket file there that nobody listens on
+/// (left by a killed server) is replaced; one a live server answers on is
+/// refused, as is any other kind of file.
+fn bind_unix(path: &std::path::Path) -> Result<(tokio::net::UnixListener, OwnSocket), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let cannot = |e: String| format!("cannot listen on {}: {e}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(cannot("address in use: a running server listens there".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                std::fs::remove_file(path).map_err(|e| cannot(format!("cannot remove the stale socket: {e}")))?;
+            }
+            Err(e) => return Err(cannot(format!("a socket file is there and connecting to it failed: {e}"))),
+        },
+        Ok(_) => return Err(cannot("the path exists and is not a socket".into())),
+        Err(_) => {}
+    }
+    let uds = tokio::net::UnixListener::bind(path).map_err(|e| cannot(e.to_string()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| cannot(e.to_string()))?;
+    Ok((uds, OwnSocket { path: path.to_path_buf(), id: (meta.dev(), meta.ino()) }))
+}
+
+/// SIGTERM (what SLURM, Kubernetes and systemd send) or Ctrl-C, watched from
+/// the moment this returns.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watch = |kind: SignalKind, name: &str| signal(kind).map_err(|e| format!("cannot watch {name}: {e}"));
+    let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

@@ -134,6 +134,22 @@ impl Scorer {
         records: &[&PreparedRecord],
         batch_tokens: usize,
     ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
+        self.score_while(records, batch_tokens, &|_| true, &mut || {})
+    }
+
+    /// [`Scorer::score_with_stats`], asking `wanted(record)` before each group of
+    /// forward batches: a batch whose every read-out belongs to records no longer
+    /// wanted (their deadline passed, their client left) is not computed, and
+    /// those records get `cancelled`. So an abandoned request stops costing the
+    /// engine within one group of batches. `between` runs between two groups (a
+    /// scheduler serves other requests there, so a long call cannot starve them).
+    pub fn score_while(
+        &self,
+        records: &[&PreparedRecord],
+        batch_tokens: usize,
+        wanted: &dyn Fn(usize) -> bool,
+        between: &mut dyn FnMut(),
+    ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
         let mut tree = PrefixTree::new();
         // Who reads each read-out: (record, turn, truncated).
         let mut readers: HashMap<ReadoutId, Vec<(usize, usize, bool)>> = HashMap::new();
@@ -146,16 +162,37 @@ impl Scorer {
         }
         let budget = (batch_tokens / self.backend.micro_batches().max(1)).max(1);
         let planned = tree.plan(budget);
-        let layouts: Vec<BatchLayout> = planned.iter().map(|b| b.layout.clone()).collect();
-        let stats = ScoreStats {
-            tokens_requested: records.iter().map(|r| r.tokens()).sum(),
-            tokens_computed: layouts.iter().map(BatchLayout::rows).sum(),
-            batches: layouts.len(),
-            flops: layouts.iter().map(|l| forward_flops(&self.config, l)).sum(),
-        };
+        let mut stats =
+            ScoreStats { tokens_requested: records.iter().map(|r| r.tokens()).sum(), ..ScoreStats::default() };
         let mut turns: Vec<Vec<TurnScore>> = vec![Vec::new(); records.len()];
         let mut failed: Vec<Option<RecordError>> = vec![None; records.len()];
-        for (batch, result) in planned.iter().zip(self.backend.forward(&layouts)) {
+        // Groups of batches that keep a pipeline's stages busy; between groups the
+        // records still wanted are asked again.
+        let group = self.backend.micro_batches().max(1) * 4;
+        let mut results = Vec::with_capacity(planned.len());
+        for (g, chunk) in planned.chunks(group).enumerate() {
+            if g > 0 {
+                between();
+            }
+            let live: Vec<_> = chunk
+                .iter()
+                .filter(|b| b.readouts.iter().any(|id| readers[id].iter().any(|&(r, _, _)| wanted(r))))
+                .collect();
+            for b in chunk.iter().filter(|b| !live.iter().any(|l| std::ptr::eq(*l, *b))) {
+                for &(r, _, _) in b.readouts.iter().flat_map(|id| readers[id].iter()) {
+                    failed[r] = Some(RecordError::new("cancelled", "not computed: nobody waits for it any more"));
+                }
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let layouts: Vec<BatchLayout> = live.iter().map(|b| b.layout.clone()).collect();
+            stats.tokens_computed += layouts.iter().map(BatchLayout::rows).sum::<usize>();
+            stats.batches += layouts.len();
+            stats.flops += layouts.iter().map(|l| forward_flops(&self.config, l)).sum::<f64>();
+            results.extend(live.into_iter().zip(self.backend.forward(&layouts)));
+        }
+        for (batch, result) in results {
             let readers_of = batch.readouts.iter().flat_map(|id| readers[id].iter().map(move |&who| (id, who)));
             match result {
                 Ok(scores) if scores.len() == batch.readouts.len() => {

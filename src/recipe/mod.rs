@@ -85,6 +85,12 @@ pub struct ServeSection {
     pub max_conversations: Option<usize>,
     /// KServe `rewards` as [B, 1] through the reward pipeline.
     pub merge_attributes: Option<bool>,
+    /// Most tokens one request may cost after truncation (`--max-request-tokens`).
+    pub max_request_tokens: Option<usize>,
+    /// Seconds: `--header-timeout`, `--body-timeout`, `--shutdown-grace` (range-checked by `serve`).
+    pub header_timeout: Option<f64>,
+    pub body_timeout: Option<f64>,
+    pub shutdown_grace: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -222,6 +228,10 @@ impl LoadedRecipe {
         flag("api-key-env", r.serve.api_key_env.clone());
         flag("max-body-bytes", r.serve.max_body_bytes.map(|v| v.to_string()));
         flag("max-conversations", r.serve.max_conversations.map(|v| v.to_string()));
+        flag("max-request-tokens", r.serve.max_request_tokens.map(|v| v.to_string()));
+        flag("header-timeout", r.serve.header_timeout.map(|v| v.to_string()));
+        flag("body-timeout", r.serve.body_timeout.map(|v| v.to_string()));
+        flag("shutdown-grace", r.serve.shutdown_grace.map(|v| v.to_string()));
         flag("batch-tokens", r.batching.batch_tokens.map(|v| v.to_string()));
         flag("queue-limit", r.batching.queue_limit.map(|v| v.to_string()));
         flag("prepare-threads", r.batching.prepare_threads.map(|v| v.to_string()));

@@ -141,13 +141,16 @@ pub struct RunningStats {
 }
 
 impl RunningStats {
-    /// `None` until two rewards are committed (no spread to divide by yet).
+    /// `None` until the committed rewards have a spread to divide by: at least
+    /// two, not all equal (a standard deviation of 0, or one below 1e-12 of the
+    /// mean, which is rounding, would blow a reward up by 1/eps). Until then the
+    /// transform is the identity.
     pub fn moments(&self) -> Option<Moments> {
-        (self.count >= 2).then(|| Moments {
-            n: self.count as usize,
-            mean: self.mean,
-            std: (self.m2 / (self.count - 1) as f64).sqrt(),
-        })
+        if self.count < 2 {
+            return None;
+        }
+        let std = (self.m2 / (self.count - 1) as f64).sqrt();
+        (std > 0.0 && std > 1e-12 * self.mean.abs()).then_some(Moments { n: self.count as usize, mean: self.mean, std })
     }
 
     /// Commit `values` (one step's rewards), keeping only the last `window` if set.
@@ -181,7 +184,7 @@ impl RunningStats {
             Some(m) => {
                 format!("running(mean={}, std={}, n={}, step={})", short_num(m.mean), short_num(m.std), m.n, self.steps)
             }
-            None => format!("running(identity until 2 rewards are committed, n={})", self.count),
+            None => format!("running(identity until 2 different rewards are committed, n={})", self.count),
         }
     }
 }
@@ -189,6 +192,15 @@ impl RunningStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_committed_rewards_leave_the_transform_the_identity() {
+        let mut stats = RunningStats::default();
+        stats.commit(&[2.5, 2.5, 2.5], None);
+        assert_eq!(stats.moments(), None, "a zero variance must not divide rewards by eps");
+        stats.commit(&[3.5], None);
+        assert!(stats.moments().is_some_and(|m| m.std > 0.0));
+    }
 
     #[test]
     fn moments_use_the_sample_std() {

@@ -153,8 +153,11 @@ impl RewardPipeline {
 
     /// The weights a request resolves to (its override, else the configured ones).
     pub fn resolve(&self, request: &RewardOverride) -> Result<(AttributeWeights, String), RewardError> {
-        Ok(resolve_weights(&self.presets, request.weights.as_deref(), request.preset.as_deref())?
-            .unwrap_or_else(|| (self.weights, self.weights_name.clone())))
+        let resolved = resolve_weights(&self.presets, request.weights.as_deref(), request.preset.as_deref())?;
+        if request.weights.is_some() {
+            resolved.as_ref().map_or(Ok(()), |(w, _)| w.check_request())?;
+        }
+        Ok(resolved.unwrap_or_else(|| (self.weights, self.weights_name.clone())))
     }
 
     /// Map a batch of raw vectors to rewards. A bad request (unknown preset,
@@ -276,6 +279,27 @@ impl RewardPipeline {
         if let Normalize::Running { window, .. } = self.config.normalize {
             let pending = std::mem::take(&mut self.pending);
             self.running.commit(&pending, window);
+        }
+        &self.running
+    }
+
+    /// What [`RewardPipeline::advance`] would commit, without committing it: a
+    /// caller that must make the step durable first saves this, then calls
+    /// [`RewardPipeline::commit_step`] (a failed save leaves the pipeline as it was).
+    pub fn next_step(&self) -> RunningStats {
+        let mut next = self.running.clone();
+        if let Normalize::Running { window, .. } = self.config.normalize {
+            next.commit(&self.pending, window);
+        }
+        next
+    }
+
+    /// Make `next` (from [`RewardPipeline::next_step`]) the committed statistics
+    /// and forget what was pending. No-op for other modes.
+    pub fn commit_step(&mut self, next: RunningStats) -> &RunningStats {
+        if let Normalize::Running { .. } = self.config.normalize {
+            self.running = next;
+            self.pending.clear();
         }
         &self.running
     }

@@ -6,6 +6,9 @@ use super::{PresetBook, RewardError, ATTRIBUTES};
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttributeWeights(pub [f64; 9]);
 
+/// The largest weight magnitude a request may send.
+pub const MAX_WEIGHT: f64 = 1e6;
+
 /// The model card's mixing: `0.3*helpfulness + 0.74*correctness + 0.46*coherence + 0.47*complexity - 0.33*verbosity`.
 pub const DEFAULT_WEIGHTS: AttributeWeights = AttributeWeights([0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33]);
 
@@ -37,6 +40,21 @@ impl AttributeWeights {
             return Err(RewardError::BadWeights(format!("weight {} ({}) is not finite", i + 1, ATTRIBUTES[i])));
         }
         Ok(AttributeWeights(arr))
+    }
+
+    /// Weights a request may send: within ±[`MAX_WEIGHT`]. Past that a weighted
+    /// sum of raw scores overflows or drowns every other attribute in rounding,
+    /// so such a request could only fail after its forward pass.
+    pub fn check_request(&self) -> Result<(), RewardError> {
+        match self.0.iter().position(|v| v.abs() > MAX_WEIGHT) {
+            Some(i) => Err(RewardError::BadWeights(format!(
+                "weight {} ({}) is {:e}; a request's weights must be within ±{MAX_WEIGHT:e}",
+                i + 1,
+                ATTRIBUTES[i],
+                self.0[i]
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The weighted sum of raw attribute scores.

@@ -90,6 +90,16 @@ pub(super) fn prepare_loop(
             let _ = reply.send(Ok(Reply { results, timing, sent: Instant::now() }));
             continue;
         }
+        if let Some(limit) = request.max_tokens {
+            // What the request would make the engine compute, counted before it is queued.
+            let mut cost = SharedTokens::default();
+            let tokens: usize = items.iter().filter_map(|r| r.as_ref().ok()).map(|r| cost.add(r)).sum();
+            if tokens > limit {
+                shared.left_queue(1);
+                let _ = reply.send(Err(QueueError::TooExpensive { tokens, limit }));
+                continue;
+            }
+        }
         let job = PreparedJob { items, deadline: request.deadline, prepared_at: Instant::now(), prepare, reply };
         if let Err(lost) = prepared.send(job) {
             shared.left_queue(1);
@@ -127,28 +137,51 @@ pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tok
             }
             continue;
         }
-        // Fill the budget by tokens computed: a response whose prompt is already
-        // in the batch costs only its own tokens.
-        let mut computed = SharedTokens::default();
-        let next = batcher.next_batch(Instant::now(), |job| {
-            job.items.iter().filter_map(|r| r.as_ref().ok()).map(|r| computed.add(r)).sum()
-        });
-        shared.left_queue(next.batch.len() + next.dropped.len());
-        for (job, why) in next.dropped {
-            dropped(why);
-            if why == Dropped::Expired {
-                let _ = job.reply.send(Err(QueueError::DeadlineExceeded));
-            }
-        }
-        if !next.batch.is_empty() {
-            run_batch(&scorer, next.batch, batcher.budget());
+        let budget = batcher.budget();
+        let batch = take_batch(&mut batcher, shared);
+        if !batch.is_empty() {
+            // Between the groups of forward batches of a long batch, one batch of
+            // whatever waits meanwhile runs: a request that costs many batches
+            // gets at most every other turn while others wait, and never starves them.
+            let mut others = || {
+                while let Ok(job) = jobs.try_recv() {
+                    batcher.push(job);
+                }
+                let interleaved = take_batch(&mut batcher, shared);
+                if !interleaved.is_empty() {
+                    run_batch(&scorer, interleaved, batcher.budget(), &mut || {});
+                }
+            };
+            run_batch(&scorer, batch, budget, &mut others);
             shared.healthy.store(scorer.healthy(), Ordering::Release);
         }
     }
 }
 
-/// Score every prepared item of `batch` in one `score` call and answer each job.
-fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
+/// The next batch from the waiting jobs, filled by tokens computed (a response
+/// whose prompt is already in the batch costs only its own tokens); jobs that
+/// expired or lost their client meanwhile are answered or dropped.
+fn take_batch(batcher: &mut TokenBudgetBatcher<PreparedJob>, shared: &Shared) -> Vec<PreparedJob> {
+    if batcher.is_empty() {
+        return Vec::new();
+    }
+    let mut computed = SharedTokens::default();
+    let next = batcher.next_batch(Instant::now(), |job| {
+        job.items.iter().filter_map(|r| r.as_ref().ok()).map(|r| computed.add(r)).sum()
+    });
+    shared.left_queue(next.batch.len() + next.dropped.len());
+    for (job, why) in next.dropped {
+        dropped(why);
+        if why == Dropped::Expired {
+            let _ = job.reply.send(Err(QueueError::DeadlineExceeded));
+        }
+    }
+    next.batch
+}
+
+/// Score every prepared item of `batch` in one `score` call and answer each job;
+/// `between` runs between its groups of forward batches.
+fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize, between: &mut dyn FnMut()) {
     let _span = tracing::info_span!("batch", requests = batch.len()).entered();
     let started = Instant::now();
     for job in &batch {
@@ -164,7 +197,23 @@ fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize) {
         .collect();
     let record = |&(j, i): &(usize, usize)| batch[j].items[i].as_ref().expect("only prepared items are ordered");
     let records: Vec<&PreparedRecord> = order.iter().map(record).collect();
-    let (scores, stats) = scorer.score_with_stats(&records, budget);
+    // A request whose deadline passes or whose client leaves mid-batch stops
+    // costing forward passes (its waiter has its 504 already).
+    let wanted = |r: usize| {
+        let job = &batch[order[r].0];
+        !job.abandoned() && job.deadline.is_none_or(|d| d > Instant::now())
+    };
+    let (scores, stats) = scorer.score_while(&records, budget, &wanted, between);
+    let mut cut: Vec<usize> = order
+        .iter()
+        .zip(&scores)
+        .filter(|(_, s)| s.as_ref().is_err_and(|e| e.code == "cancelled"))
+        .map(|(&(j, _), _)| j)
+        .collect();
+    cut.dedup();
+    for j in cut {
+        dropped(if batch[j].abandoned() { Dropped::Abandoned } else { Dropped::Expired });
+    }
     let forward = started.elapsed();
     metrics::histogram!("reward_worker_stage_seconds", "stage" => "forward").record(forward.as_secs_f64());
     metrics::counter!("reward_worker_batches_total").increment(1);

@@ -53,6 +53,9 @@ pub struct Request {
     /// When any item cannot be prepared, answer at once without scoring the
     /// others (the service refuses such a request with 400).
     pub all_or_nothing: bool,
+    /// Most tokens the request may cost once prepared (after truncation, shared
+    /// prefixes once); past it the request is refused before it reaches the engine.
+    pub max_tokens: Option<usize>,
 }
 
 /// The code of an item not scored because another item of its request was invalid.
@@ -98,6 +101,11 @@ pub enum QueueError {
     DeadlineExceeded,
     #[error("the engine thread stopped")]
     EngineStopped,
+    #[error(
+        "the request would cost {tokens} tokens after truncation (shared prefixes counted once); \
+         the limit is {limit} per request: split it"
+    )]
+    TooExpensive { tokens: usize, limit: usize },
 }
 
 /// How the queue batches and bounds its work.

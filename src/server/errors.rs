@@ -20,7 +20,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// An unknown model name or route.
     NotFound,
-    /// The body is over the limit.
+    /// The body did not arrive in time.
+    RequestTimeout,
+    /// The body (or the work it asks for) is over the limit.
     PayloadTooLarge,
     /// Well-formed but refused: an idempotency key reused for another request.
     Unprocessable,
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -53,9 +56,11 @@ impl ErrorKind {
     /// The `type` OpenAI clients expect.
     fn openai_type(self) -> &'static str {
         match self {
-            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge | ErrorKind::Unprocessable => {
-                "invalid_request_error"
-            }
+            ErrorKind::BadRequest
+            | ErrorKind::NotFound
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::Unprocessable
+            | ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Overloaded => "rate_limit_error",
             ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal => "server_error",
@@ -150,8 +155,13 @@ impl From<QueueError> for ApiError {
             QueueError::ShuttingDown => (ErrorKind::Unavailable, "shutting_down"),
             QueueError::DeadlineExceeded => (ErrorKind::Timeout, "deadline_exceeded"),
             QueueError::EngineStopped => (ErrorKind::Unavailable, "engine_stopped"),
+            QueueError::TooExpensive { .. } => (ErrorKind::PayloadTooLarge, "too_many_tokens"),
         };
-        ApiError::new(kind, code, e.to_string())
+        let message = match e {
+            QueueError::TooExpensive { .. } => format!("{e} (--max-request-tokens)"),
+            _ => e.to_string(),
+        };
+        ApiError::new(kind, code, message)
     }
 }
 

@@ -47,6 +47,10 @@ pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<InferR
         None => (body, &[][..]),
     };
     let header = super::limits::json_body(json_part)?;
+    // KServe v2: the request id is a string (it is echoed back as one).
+    if let Some(id) = header.get("id").filter(|id| !id.is_string() && !id.is_null()) {
+        return Err(bad(format!("`id` must be a string, got {id}")));
+    }
     let Some(Value::Array(inputs)) = header.get("inputs") else {
         return Err(bad("the request needs `inputs` (an array of tensors)".into()));
     };
@@ -84,7 +88,7 @@ pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<InferR
                 binary = rest;
                 decode_binary(&name, datatype, mine)?
             }
-            None => decode_json(&name, datatype, input.get("data"))?,
+            None => decode_json(&name, datatype, input.get("data"), &shape)?,
         };
         let len = match &data {
             TensorData::Bytes(v) => v.len(),
@@ -133,8 +137,16 @@ fn decode_binary(name: &str, datatype: &str, mut bytes: &[u8]) -> Result<TensorD
     }
 }
 
-fn decode_json(name: &str, datatype: &str, data: Option<&Value>) -> Result<TensorData, ApiError> {
+fn decode_json(name: &str, datatype: &str, data: Option<&Value>, shape: &[usize]) -> Result<TensorData, ApiError> {
     let data = data.ok_or_else(|| bad(format!("input `{name}` has neither `data` nor binary_data_size")))?;
+    // Flat (row-major), or nested exactly as the shape: a nesting that disagrees
+    // with the shape is refused rather than flattened into some other tensor.
+    let nested = data.as_array().is_some_and(|items| items.iter().any(Value::is_array));
+    if nested && !nesting_matches(data, shape) {
+        return Err(bad(format!(
+            "input `{name}`: `data` is nested but not as its shape {shape:?}; send it flat or nested as the shape"
+        )));
+    }
     let mut flat = Vec::new();
     flatten(data, &mut flat);
     match datatype {
@@ -151,6 +163,15 @@ fn decode_json(name: &str, datatype: &str, data: Option<&Value>) -> Result<Tenso
             .map(TensorData::Int64)
             .ok_or_else(|| bad(format!("input `{name}` is INT64: its data must be integers"))),
         other => Err(unsupported(name, other)),
+    }
+}
+
+fn nesting_matches(v: &Value, shape: &[usize]) -> bool {
+    match (v, shape.split_first()) {
+        (Value::Array(items), Some((&n, rest))) => items.len() == n && items.iter().all(|i| nesting_matches(i, rest)),
+        (Value::Array(_), None) => false,
+        (_, None) => true,
+        (_, Some(_)) => false,
     }
 }
 
@@ -212,6 +233,12 @@ mod tests {
         assert!(m.contains("datatype FP32"), "{m}");
         let m = err(json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [1], "data": [3]}]}));
         assert!(m.contains("must be strings"), "{m}");
+        let m = err(
+            json!({"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [2, 2], "data": [[1, 2, 3], [4]]}]}),
+        );
+        assert!(m.contains("nested but not as its shape [2, 2]"), "{m}");
+        let m = err(json!({"id": 7, "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1], "data": [1]}]}));
+        assert!(m.contains("`id` must be a string"), "{m}");
         let m = err(json!({"outputs": []}));
         assert!(m.contains("needs `inputs`"), "{m}");
         let header = json!({"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}}]}).to_string();

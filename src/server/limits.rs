@@ -22,11 +22,7 @@ pub async fn require_api_key(State(state): State<AppState>, request: Request, ne
     let Some(expected) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match given {
         Some(key) if same_bytes(key.trim().as_bytes(), expected.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::new(ErrorKind::Unauthorized, "invalid_api_key", "the API key is wrong").into_response(),
@@ -37,6 +33,12 @@ pub async fn require_api_key(State(state): State<AppState>, request: Request, ne
         )
         .into_response(),
     }
+}
+
+/// The token of `Bearer TOKEN`; the scheme's name is case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -145,6 +147,15 @@ mod tests {
         assert_eq!(json_body(b"{\"a\": ").unwrap_err().code, "invalid_json");
         assert_eq!(json_body(b"[1]").unwrap_err().code, "invalid_request");
         assert!(json_body(b"{\"a\": 1}").is_ok());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer k", "bearer k", "BEARER k", "bEaReR k"] {
+            assert_eq!(bearer_token(header), Some("k"), "{header}");
+        }
+        assert_eq!(bearer_token("Basic k"), None);
+        assert_eq!(bearer_token("Bearerk"), None);
     }
 
     #[test]

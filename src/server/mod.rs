@@ -10,10 +10,14 @@
 //! - [`health`]: `/health`, `/ready`, `/metrics`
 //! - [`idempotency`]: `Idempotency-Key` on every POST route (a retried request is answered once)
 //! - [`limits`]: API key, body limit, deadlines; [`errors`]: the error -> status mapping
+//! - [`conn`]: connections: header and body timeouts, the shutdown that always ends
+//! - [`state_file`]: the running statistics on disk, written durably per committed step
 //!
 //! [`run`] serves listeners until a shutdown future resolves, then drains:
-//! no new connections or requests, every admitted request answered, then return.
+//! no new connections or requests, every admitted request answered within
+//! `shutdown_grace`, then return.
 
+pub mod conn;
 pub mod errors;
 pub mod health;
 pub mod idempotency;
@@ -24,6 +28,7 @@ pub mod metrics;
 pub mod openai;
 pub mod openrlhf;
 pub mod rewards;
+pub mod state_file;
 pub mod vllm;
 
 use axum::http::HeaderMap;
@@ -32,7 +37,6 @@ use axum::Router;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ScoreOptions, Scorer};
 use crate::reward::RewardPipeline;
@@ -61,6 +65,16 @@ pub struct ServeConfig {
     pub merge_attributes: bool,
     /// How long and how much `Idempotency-Key` replies are kept.
     pub idempotency: idempotency::IdempotencyConfig,
+    /// Most tokens one request may cost after truncation, shared prefixes once (413 past it).
+    pub max_request_tokens: Option<usize>,
+    /// Time a client has to send a request's headers (also closes idle keep-alive connections).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body (408 after it).
+    pub body_timeout: Duration,
+    /// From the shutdown signal to `run` returning, at most (about a second more to flush).
+    pub shutdown_grace: Duration,
+    /// Where `POST /v1/rewards/step` saves each committed step, durably, before answering.
+    pub running_state: Option<Arc<state_file::StateFile>>,
 }
 
 impl ServeConfig {
@@ -77,9 +91,17 @@ impl ServeConfig {
             api_key: None,
             merge_attributes: false,
             idempotency: idempotency::IdempotencyConfig::default(),
+            max_request_tokens: Some(DEFAULT_MAX_REQUEST_TOKENS),
+            header_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(25),
+            running_state: None,
         }
     }
 }
+
+/// The default of `--max-request-tokens`: 256 sequences of a 4096-token context.
+pub const DEFAULT_MAX_REQUEST_TOKENS: usize = 1 << 20;
 
 /// A bound socket to serve on.
 pub enum Listener {
@@ -135,7 +157,8 @@ impl App {
         item_name: &str,
     ) -> Result<Reply, ApiError> {
         let deadline = limits::deadline(headers, self.config.request_timeout)?;
-        let request = Request { inputs, options, deadline, all_or_nothing: true };
+        let request =
+            Request { inputs, options, deadline, all_or_nothing: true, max_tokens: self.config.max_request_tokens };
         let reply = self.queue.score(request).await?;
         if let Some((i, e)) = reply.first_error() {
             return Err(ApiError::record(&format!("{item_name}[{i}]"), e));
@@ -177,7 +200,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serve `listeners` until `shutdown` resolves, then drain: stop accepting,
-/// refuse new requests with 503, answer every admitted one, join the threads.
+/// refuse new requests with 503, answer every admitted one, close every
+/// connection, join the threads; all within `config.shutdown_grace` (past it
+/// the engine thread is left to the process's exit).
 pub async fn run(
     scorer: Scorer,
     listeners: Vec<Listener>,
@@ -188,48 +213,60 @@ pub async fn run(
     let worker = Worker::start(scorer, config.queue.clone());
     let pipeline = Arc::clone(&config.reward);
     let idempotency = idempotency::IdempotencyStore::new(config.idempotency);
+    let life = conn::Lifecycle::new(conn::ConnLimits {
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        max_body_bytes: config.max_body_bytes,
+        shutdown_grace: config.shutdown_grace,
+    });
     let state = Arc::new(App { queue: worker.handle(), pipeline, config, metrics: metrics.clone(), idempotency });
-    let app = router(state);
+    let app = conn::service(router(state), &life);
 
-    let stop = CancellationToken::new();
     let queue = worker.handle();
-    let stopping = stop.clone();
+    let stopping = Arc::clone(&life);
+    let (stopped_tx, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new requests; answering those already accepted");
         queue.close();
-        stopping.cancel();
+        stopping.stop();
+        let _ = stopped_tx.send(());
     });
-    let upkeep = stop.clone();
+    let upkeep = Arc::clone(&life);
     tokio::spawn(async move {
-        while tokio::time::timeout(Duration::from_secs(5), upkeep.cancelled()).await.is_err() {
+        while !upkeep.is_stopping() {
             metrics.run_upkeep();
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
 
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
-        let (app, stop) = (app.clone(), stop.clone());
-        match listener {
-            Listener::Tcp(l) => {
-                servers.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await })
-            }
-            Listener::Unix(l) => {
-                servers.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await })
-            }
-        };
+        servers.spawn(conn::serve(listener, app.clone(), Arc::clone(&life)));
     }
     drop(app);
     let mut result = Ok(());
     while let Some(done) = servers.join_next().await {
         if let Err(e) = done.map_err(std::io::Error::other).and_then(|r| r) {
             tracing::error!(error = %e, "a listener failed");
-            stop.cancel();
             result = Err(e);
+            life.stop();
         }
     }
+    if !life.is_stopping() {
+        let _ = stopped.await;
+    }
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || worker.shutdown()).await.map_err(std::io::Error::other)?;
+    if !life.drain().await {
+        tracing::warn!(
+            in_flight = life.in_flight(),
+            "the shutdown grace is over: closing the connections of requests still running"
+        );
+    }
+    let joined = tokio::task::spawn_blocking(move || worker.shutdown());
+    if tokio::time::timeout(life.grace_left() + Duration::from_millis(100), joined).await.is_err() {
+        tracing::warn!("the shutdown grace is over: the engine is still in a forward pass; leaving it");
+    }
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained");
     result
 }

@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::errors::ApiError;
 use super::limits::{body_bytes, json_body};
 use super::{responded, AppState};
+use crate::chat::{speaker, Role, Speaker};
 use crate::reward::{RewardInput, RewardOverride, ATTRIBUTES, HELPSTEER_ATTRIBUTES};
 use crate::scheduler::Input;
 
@@ -46,15 +47,26 @@ pub async fn chat_completions(
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         return Err(ApiError::bad_request("unsupported", "`stream` is not supported: a reward is one answer"));
     }
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request("unsupported", "`n` must be 1: a reward model has one answer"));
+    // `n` is a count: 1 (also written 1.0) or absent; 2.0 is two answers, not one.
+    match body.get("n") {
+        None | Some(Value::Null) => {}
+        Some(n) if n.as_f64() == Some(1.0) => {}
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "unsupported",
+                format!("`n` must be 1: a reward model has one answer, got {n}"),
+            ))
+        }
     }
     let messages =
         body.get("messages").ok_or_else(|| ApiError::bad_request("invalid_request", "the body needs `messages`"))?;
     // The hosted endpoint rates the final assistant message; a conversation that
     // ends with the user has no response to rate (an earlier one would be a surprise).
+    // The role rule is the one every route uses (`chat::speaker`); a bad role is
+    // left to it, with the message's index.
     let last_role = messages.as_array().and_then(|m| m.last()).and_then(|m| m.get("role")).and_then(Value::as_str);
-    if let Some(role) = last_role.filter(|r| !r.eq_ignore_ascii_case("assistant")) {
+    let is_assistant = |r: &str| matches!(speaker(r, ""), Ok(Speaker::Turn(Role::Assistant)) | Err(_));
+    if let Some(role) = last_role.filter(|r| !is_assistant(r)) {
         return Err(ApiError::bad_request(
             "last_message_not_assistant",
             format!("messages: the last message must be the assistant's response to rate, got role `{role}`"),

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorKind};
 use super::limits::{body_bytes, bounded_array, json_body, optional_str};
 use super::{responded, AppState};
 use crate::chat::Truncate;
@@ -114,10 +114,23 @@ pub fn score_options(body: &Value, defaults: ScoreOptions) -> Result<ScoreOption
 }
 
 /// `POST /v1/rewards/step` -> `{"committed": n, "normalize": mode, "running": {count, mean, m2, steps}}`.
-pub async fn step(State(app): State<AppState>) -> Json<Value> {
+///
+/// With `--running-state` the step is on disk (synced and renamed into place)
+/// before the answer; when it cannot be written the step is not committed (the
+/// statistics stay as they were, the rewards stay pending) and the answer is
+/// 500 `state_write_failed` naming the file and the error, so a retry commits it.
+pub async fn step(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut pipeline = app.pipeline.lock().expect("the reward pipeline lock is never poisoned");
     let committed = pipeline.pending();
-    let stats = pipeline.advance().clone();
+    let next = pipeline.next_step();
+    if let Some(file) = &app.config.running_state {
+        // Under the lock, so concurrent steps reach the disk in the order they commit.
+        file.save(&next).map_err(|e| {
+            tracing::error!(error = %e, "a step was not saved; not committed");
+            ApiError::new(ErrorKind::Internal, "state_write_failed", format!("{e}; the step was not committed"))
+        })?;
+    }
+    let stats = pipeline.commit_step(next).clone();
     let mode = serde_json::to_value(&pipeline.config().normalize).unwrap_or(Value::Null);
-    Json(json!({"committed": committed, "normalize": mode, "running": stats}))
+    Ok(Json(json!({"committed": committed, "normalize": mode, "running": stats})))
 }

@@ -26,9 +26,14 @@ impl ChildServer {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ChildServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reward-worker"))
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reward-worker"));
+        command.args(args).envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// `command` (the binary with its arguments) started with logs on, once it listens.
+    pub fn spawn(mut command: Command) -> ChildServer {
+        let mut child = command
             .env("RUST_LOG", "reward_worker=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -64,6 +69,27 @@ impl ChildServer {
         self.child.wait().expect("wait for the server")
     }
 
+    /// Wait for the exit, failing the test if it takes longer than `limit`
+    /// (a shutdown that hangs is the bug these tests look for).
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("no exit within {limit:?}; stderr: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     pub fn stderr(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -81,17 +107,32 @@ impl Drop for ChildServer {
 /// A forward pass that waits until the test opens the gate, and counts calls.
 pub struct Gate {
     open: Mutex<bool>,
+    /// With `Some(n)`, only n more forward passes go through, then the gate shuts.
+    passes: Mutex<Option<usize>>,
     changed: Condvar,
     pub calls: AtomicUsize,
 }
 
 impl Gate {
     pub fn new(open: bool) -> Arc<Gate> {
-        Arc::new(Gate { open: Mutex::new(open), changed: Condvar::new(), calls: AtomicUsize::new(0) })
+        Arc::new(Gate {
+            open: Mutex::new(open),
+            passes: Mutex::new(None),
+            changed: Condvar::new(),
+            calls: AtomicUsize::new(0),
+        })
     }
 
     pub fn set(&self, open: bool) {
+        *self.passes.lock().unwrap() = None;
         *self.open.lock().unwrap() = open;
+        self.changed.notify_all();
+    }
+
+    /// Open the gate for exactly `n` more forward passes.
+    pub fn allow(&self, n: usize) {
+        *self.passes.lock().unwrap() = Some(n);
+        *self.open.lock().unwrap() = n > 0;
         self.changed.notify_all();
     }
 
@@ -122,6 +163,10 @@ impl Forward for GatedModel {
         let mut open = self.gate.open.lock().unwrap();
         while !*open {
             open = self.gate.changed.wait(open).unwrap();
+        }
+        if let Some(left) = self.gate.passes.lock().unwrap().as_mut() {
+            *left -= 1;
+            *open = *left > 0;
         }
         drop(open);
         batches.iter().map(|b| self.inner.forward_one(b)).collect()
