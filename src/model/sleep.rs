@@ -52,7 +52,8 @@ impl NemotronRewardModel {
     /// not its numbers); [`Self::reload`] reads them from the checkpoint again.
     pub fn release(&mut self) {
         for t in self.tensors_mut() {
-            *t = Tensor::new();
+            // A defined, empty tensor of the same kind: the storage goes, nothing can panic on it.
+            *t = Tensor::zeros([0], (t.kind(), Device::Cpu));
         }
     }
 }
