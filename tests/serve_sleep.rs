@@ -130,7 +130,17 @@ async fn level_two_gives_the_weights_memory_back_and_the_wake_scores_the_same() 
     write_random_model(&dir, shape, &fixture("tiny-nemotron-rm").join("tokenizer.json"));
     let weights = shape.bytes();
     let server = ChildServer::start(&[
-        "serve", "--model", path_str(&dir), "--port", "0", "--dtype", "f32", "--threads", "2", "--sleep-level", "2",
+        "serve",
+        "--model",
+        path_str(&dir),
+        "--port",
+        "0",
+        "--dtype",
+        "f32",
+        "--threads",
+        "2",
+        "--sleep-level",
+        "2",
     ]);
     let (client, url, pid) = (reqwest::Client::new(), server.url.clone(), server.child.id());
     let texts = ["4.", "It is 4, since 2 + 2 = 4.", "Five."];

@@ -40,7 +40,9 @@ impl SleepLevel {
         match text.trim() {
             "1" => Ok(SleepLevel::One),
             "2" => Ok(SleepLevel::Two),
-            other => Err(format!("sleep level must be 1 (weights to host memory) or 2 (weights dropped), got `{other}`")),
+            other => {
+                Err(format!("sleep level must be 1 (weights to host memory) or 2 (weights dropped), got `{other}`"))
+            }
         }
     }
 

@@ -163,21 +163,23 @@ pub(crate) fn rank_main(mut start: RankStart) {
     loop {
         let job = match feed.next(&worker) {
             Ok(Next::Run(job)) => job,
-            Ok(Next::Control(order, ack)) => match control(&mut worker, &mut start.weights, start.options.source.as_ref(), &mut asleep, order) {
-                Ok(()) => {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Ok(()));
+            Ok(Next::Control(order, ack)) => {
+                match control(&mut worker, &mut start.weights, start.options.source.as_ref(), &mut asleep, order) {
+                    Ok(()) => {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Ok(()));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Err(message) => {
-                    fail(&worker, &start.health, None, &start.replies, message);
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Err(start.health.failure().unwrap_or_default()));
+                    Err(message) => {
+                        fail(&worker, &start.health, None, &start.replies, message);
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(start.health.failure().unwrap_or_default()));
+                        }
+                        return;
                     }
-                    return;
                 }
-            },
+            }
             Ok(Next::Stop) => return,
             Err(message) => return fail(&worker, &start.health, None, &start.replies, message),
         };
