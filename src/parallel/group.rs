@@ -370,12 +370,13 @@ mod tests {
     #[test]
     fn followers_in_another_group_serve_until_rank_zero_shuts_down() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-nemotron-rm");
-        let (config, _, weights) = ModelSource::Dir(dir).load().unwrap();
+        let (config, _, weights) = ModelSource::Dir(dir.clone()).load().unwrap();
         let weights = Arc::new(weights);
         let layout = ParallelLayout { tp: 2, pp: 2 };
         let mut options = GroupOptions::new(layout, CommBackend::Threads, DType::F32, Device::Cpu);
         options.delivery = Delivery::Broadcast;
         options.timeout = Duration::from_secs(60);
+        options.source = Some(ModelSource::Dir(dir));
         let hub = ThreadsHub::new(options.timeout);
         let followers = {
             let (config, weights, options, hub) =
@@ -386,7 +387,8 @@ mod tests {
             })
         };
         let ranks = vec![(RankId::new(0, layout), Device::Cpu)];
-        let leader = Group::launch(&config, Arc::clone(&weights), &options, ranks, CommSetup::Threads(hub)).unwrap();
+        let mut leader =
+            Group::launch(&config, Arc::clone(&weights), &options, ranks, CommSetup::Threads(hub)).unwrap();
         let batch = |n: i64| layout_of(&[((4..4 + n).collect(), vec![(6, n / 2), (6, n)])]);
         let layouts = vec![batch(9), batch(17), batch(5)];
         let got: Vec<BatchScores> = leader.forward(&layouts).into_iter().map(Result::unwrap).collect();
@@ -401,6 +403,14 @@ mod tests {
             // micro-batch), relative to the scores' size as in tests/common/close.rs.
             let scale = want.iter().flatten().fold(1.0, |m: f32, x| m.max(x.abs()));
             assert!(diff / scale < 1e-5, "{diff} on scores up to {scale}");
+        }
+        // Sleep and wake reach the followers through the broadcast too; the
+        // scores after each wake are the same bits.
+        for level in [SleepLevel::One, SleepLevel::Two] {
+            leader.sleep(level).unwrap();
+            leader.wake().unwrap();
+            let again: Vec<BatchScores> = leader.forward(&layouts).into_iter().map(Result::unwrap).collect();
+            assert_eq!(again, got, "scores after a level-{level} wake");
         }
         drop(leader);
         assert_eq!(followers.join().unwrap(), Ok(()));
