@@ -54,7 +54,8 @@ def test_the_2x8_layout_keeps_each_stage_on_one_node():
 @pytest.fixture(scope="module")
 def cluster():
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
+             object_store_memory=128 * 1024 * 1024)  # nothing big goes through it
     yield
     ray.shutdown()
 
