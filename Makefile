@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` and `make test`. Both set up the
 # project-local libtorch (PyPI torch==2.11.0 in .venv) on first use.
-.PHONY: setup build run test test-avx2 fault bench bench-serve
+.PHONY: setup build run test test-ray test-avx2 fault bench bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,13 @@ test: setup
 	cargo test --release
 	cargo build --release --bin reward-worker
 	.venv/bin/python -m pytest python/tests -q
+	$(MAKE) test-ray
+
+# The Ray replica group (python/tests_ray) on a local CPU-only Ray cluster the
+# test starts; its own target because Ray's start-up is slow on 2 cores.
+test-ray: setup
+	cargo build --release --bin reward-worker
+	.venv/bin/python -m pytest python/tests_ray -q -s
 
 # The rounding-sensitive tests again with libtorch's kernels held to AVX2, as on
 # an AVX2-only CPU (README "Tests on every CPU").

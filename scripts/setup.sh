@@ -37,3 +37,18 @@ then
     echo "setup: installing the Python package's test dependencies (${PY_TEST_PINS[*]}) into .venv" >&2
     .venv/bin/pip install --quiet --disable-pip-version-check "${PY_TEST_PINS[@]}"
 fi
+
+# The Ray replica group's tests (python/tests_ray, `make test-ray`): Ray on a
+# local CPU-only cluster. Pinned (2.60.0 has a wheel for CPython 3.10-3.13 on
+# linux x86_64). Skipped when present.
+RAY_PIN="ray==2.60.0"
+if ! .venv/bin/python - "$RAY_PIN" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+name, want = sys.argv[1].split("==")
+sys.exit(version(name) != want)
+PY
+then
+    echo "setup: installing $RAY_PIN into .venv" >&2
+    .venv/bin/pip install --quiet --disable-pip-version-check "$RAY_PIN"
+fi

@@ -20,7 +20,8 @@
 //!   backends, the launcher rendezvous, the shard and stage plans, the group
 //!   behind the engine's `Forward`, and the arithmetic of `plan`.
 //! - [`engine`]: [`engine::Scorer`] = model + tokenizer; prepares records and
-//!   scores them in token-budget batches.
+//!   scores them in token-budget batches; sleeps and wakes for co-location
+//!   ([`engine::sleep`]).
 //! - [`batching`]: grouping by token budget.
 //! - [`reward`]: raw scores -> scalar: calibration, weights and presets,
 //!   normalisation (none, fixed, running, batch, group), clip; SteerLM labels.

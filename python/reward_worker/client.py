@@ -27,6 +27,7 @@ import httpx
 from ._core import Call, Settings, Verdict, judge
 from ._payload import Message, Prompt, RecordReward, TextReward, record_rewards, records_from, text_rewards
 from ._replicas import Event, Replica
+from .errors import RewardWorkerError
 
 
 def _score_body(records: list[dict[str, Any]], weights, preset, truncate) -> dict[str, Any]:
@@ -97,6 +98,25 @@ class _Shared:
             self._s.emit(Event("up", replica.url, call.attempts))
 
 
+def _sleep_path(level: int) -> str:
+    if level not in (1, 2):
+        raise ValueError(f"sleep level must be 1 or 2, got {level!r}")
+    return f"/sleep?level={level}"
+
+
+def _wake_path(tags: Optional[Sequence[str]]) -> str:
+    if isinstance(tags, str):
+        tags = [tags]
+    return "/wake_up" + ("?" + "&".join(f"tags={t}" for t in tags) if tags else "")
+
+
+def _each_answer(verdict: Verdict, url: str, path: str) -> Any:
+    """Sleep and wake go to one named replica each: no failover, a failure raises."""
+    if not verdict.done:
+        raise RewardWorkerError(f"{path}: {verdict.failure}")
+    return verdict.body
+
+
 def _transport_failure(replica: Replica, e: Exception) -> Verdict:
     return Verdict(done=False, replica_down=True, failure=f"{replica.url}: {type(e).__name__}: {e}")
 
@@ -162,15 +182,31 @@ class RewardClient(_Shared):
         """End a training step for `--normalize running` (`POST /v1/rewards/step`), once per call."""
         return self._call("POST", "/v1/rewards/step", {}, deadline)
 
-    def sleep(self, level: int = 1, deadline: Optional[float] = None) -> Any:
-        """vLLM's `POST /sleep?level=N`, where the server has it (404 otherwise)."""
-        return self._call("POST", f"/sleep?level={int(level)}", None, deadline)
+    def sleep(self, level: int = 1, deadline: Optional[float] = None) -> dict[str, Any]:
+        """vLLM's `POST /sleep?level=N` on every replica (co-location: each one
+        gives its GPUs back). Returns once each sleeps (after its running
+        batch), `{url: {"is_sleeping", "level", "sleeping_tags", "seconds"}}`."""
+        return self._each("POST", _sleep_path(level), deadline)
 
-    def wake_up(self, deadline: Optional[float] = None) -> Any:
-        return self._call("POST", "/wake_up", None, deadline)
+    def wake_up(self, tags: Optional[Sequence[str]] = None, deadline: Optional[float] = None) -> dict[str, Any]:
+        """vLLM's `POST /wake_up[?tags=weights]` on every replica; requests sent
+        while asleep were queued and are answered from now on."""
+        return self._each("POST", _wake_path(tags), deadline)
 
-    def is_sleeping(self, deadline: Optional[float] = None) -> Any:
-        return self._call("GET", "/is_sleeping", None, deadline)
+    def is_sleeping(self, deadline: Optional[float] = None) -> dict[str, Any]:
+        """`GET /is_sleeping` of every replica: `{url: {"is_sleeping": bool, ...}}`."""
+        return self._each("GET", "/is_sleeping", deadline)
+
+    def _each(self, method: str, path: str, deadline: Optional[float]) -> dict[str, Any]:
+        call = Call(self._s, deadline)
+        out = {}
+        for url in self.urls:
+            try:
+                response = self._http.request(method, url + path, headers=self._auth(), timeout=max(call.remaining(), 0.001))
+            except httpx.TransportError as e:
+                raise RewardWorkerError(f"{url}{path}: {type(e).__name__}: {e}") from e
+            out[url] = _each_answer(judge(response, url), url, path)
+        return out
 
     def ready(self) -> dict[str, bool]:
         """Which replicas answer `/ready` now."""
@@ -273,14 +309,29 @@ class AsyncRewardClient(_Shared):
     async def step(self, deadline: Optional[float] = None) -> dict[str, Any]:
         return await self._call("POST", "/v1/rewards/step", {}, deadline)
 
-    async def sleep(self, level: int = 1, deadline: Optional[float] = None) -> Any:
-        return await self._call("POST", f"/sleep?level={int(level)}", None, deadline)
+    async def sleep(self, level: int = 1, deadline: Optional[float] = None) -> dict[str, Any]:
+        return await self._each("POST", _sleep_path(level), deadline)
 
-    async def wake_up(self, deadline: Optional[float] = None) -> Any:
-        return await self._call("POST", "/wake_up", None, deadline)
+    async def wake_up(self, tags: Optional[Sequence[str]] = None, deadline: Optional[float] = None) -> dict[str, Any]:
+        return await self._each("POST", _wake_path(tags), deadline)
 
-    async def is_sleeping(self, deadline: Optional[float] = None) -> Any:
-        return await self._call("GET", "/is_sleeping", None, deadline)
+    async def is_sleeping(self, deadline: Optional[float] = None) -> dict[str, Any]:
+        return await self._each("GET", "/is_sleeping", deadline)
+
+    async def _each(self, method: str, path: str, deadline: Optional[float]) -> dict[str, Any]:
+        call = Call(self._s, deadline)
+
+        async def one(url: str) -> Any:
+            try:
+                response = await self._http.request(
+                    method, url + path, headers=self._auth(), timeout=max(call.remaining(), 0.001)
+                )
+            except httpx.TransportError as e:
+                raise RewardWorkerError(f"{url}{path}: {type(e).__name__}: {e}") from e
+            return _each_answer(judge(response, url), url, path)
+
+        urls = self.urls
+        return dict(zip(urls, await asyncio.gather(*(one(u) for u in urls))))
 
     async def ready(self) -> dict[str, bool]:
         """Which replicas answer `/ready` now."""

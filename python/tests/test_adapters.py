@@ -99,5 +99,12 @@ def test_the_examples_run(worker):
     expected = [r.reward for r in client.score(prompts=["Write a haiku about rain."] * 3, responses=responses)]
     same([slime["reward"]] + slime["group_reward"], expected[:1] + expected, "slime example")
 
+    colocate = run_example("colocate.py", worker, "--steps", "2", "--level", "2")
+    prompts = ["What is 2+2?", "Name a colour.", "Write a haiku about rain."]
+    responses = [f"Answer 0.{i}: {p.lower()}" for i, p in enumerate(prompts)]
+    same(colocate["steps"][0]["rewards"], [r.reward for r in client.score(prompts=prompts, responses=responses)],
+         "colocate example (scored after a level-2 wake)")
+    assert all(s["asleep"] for s in colocate["steps"]) and client.is_sleeping()[worker.url]["is_sleeping"] is False
+
     trl = run_example("trl_grpo.py", worker, "--url", worker.url, "--steps", "1", "--conversational", "--async")
     assert trl["steps"] == 1 and len(trl["mean_reward_per_step"]) == 1

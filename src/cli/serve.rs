@@ -80,6 +80,9 @@ pub struct ServiceArgs {
     /// Most bytes of idempotent replies kept (oldest dropped first); 0 keeps none.
     #[arg(long, default_value_t = 64 << 20)]
     pub idempotency_max_bytes: usize,
+    /// Level of a `POST /sleep` without `?level=`: 1 (weights to host memory) or 2 (weights dropped, reloaded on wake).
+    #[arg(long, default_value = "1", value_parser = crate::engine::SleepLevel::parse)]
+    pub sleep_level: crate::engine::SleepLevel,
 }
 
 /// Longest duration flag: a week (a larger one is a typo, and past u64 nanoseconds it would panic).
@@ -152,6 +155,7 @@ impl ServiceArgs {
             body_timeout,
             shutdown_grace,
             running_state,
+            sleep_level: self.sleep_level,
         })
     }
 }

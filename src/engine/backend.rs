@@ -30,6 +30,19 @@ pub trait Forward: Send {
 
     /// What it runs on, for logs and `/v1/models`: e.g. `cpu, tp=1, pp=1`.
     fn describe(&self) -> String;
+
+    /// Release the model's memory at `level` ([`super::sleep`]), dropping any
+    /// cached per-model state; every rank of a group. A backend that cannot
+    /// sleep says so.
+    fn sleep(&mut self, level: super::SleepLevel) -> Result<(), ModelError> {
+        let _ = level;
+        Err(ModelError::Device(format!("this backend ({}) cannot sleep", self.describe())))
+    }
+
+    /// Take the memory back after [`Forward::sleep`]; awake already: nothing to do.
+    fn wake(&mut self) -> Result<(), ModelError> {
+        Err(ModelError::Device(format!("this backend ({}) cannot sleep", self.describe())))
+    }
 }
 
 /// One rank holding the whole model.

@@ -8,11 +8,14 @@
 //! service) talks to this interface only.
 
 pub mod backend;
+pub mod device_memory;
 pub mod prepare;
+pub mod sleep;
 pub mod source;
 
 pub use backend::{BatchScores, Forward, LocalModel};
 pub use prepare::{PreparedRecord, Preparer, ScoreOptions};
+pub use sleep::{ReloadableModel, SleepLevel};
 pub use source::ModelSource;
 
 use serde_json::Value;
@@ -74,7 +77,8 @@ impl Scorer {
         let (config, tokenizer, weights) = source.load()?;
         check_vocab(&config, tokenizer.vocab_size())?;
         let model = NemotronRewardModel::load(&config, &weights, dtype.kind(), device, Arc::new(SingleRank))?;
-        Ok(Scorer::from_parts(source.name(), config, tokenizer, Box::new(LocalModel { model })))
+        let backend = ReloadableModel::new(LocalModel { model }, source.clone());
+        Ok(Scorer::from_parts(source.name(), config, tokenizer, Box::new(backend)))
     }
 
     /// A scorer over any backend (a worker group builds its own).

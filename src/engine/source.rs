@@ -37,6 +37,14 @@ impl ModelSource {
         }
     }
 
+    /// The checkpoint alone, memory-mapped again (a wake from sleep level 2).
+    pub fn open_weights(&self) -> Result<Weights, ModelError> {
+        match self {
+            ModelSource::Dir(dir) => Weights::open(dir),
+            ModelSource::EmbeddedDemo => Weights::from_static("models/demo/model.safetensors", DEMO_WEIGHTS),
+        }
+    }
+
     pub fn load(&self) -> Result<(Config, ChatTokenizer, Weights), ModelError> {
         match self {
             ModelSource::Dir(dir) => {

@@ -35,6 +35,11 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Its weights, for sleep and wake (`super::sleep`).
+    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        vec![&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+    }
+
     pub fn load(
         w: &Weights,
         p: &str,

@@ -25,6 +25,11 @@ pub struct VocabEmbedding {
 }
 
 impl VocabEmbedding {
+    /// Its table, for sleep and wake (`super::sleep`).
+    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        vec![&mut self.table]
+    }
+
     pub fn load(
         w: &Weights,
         cfg: &Config,

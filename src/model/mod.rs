@@ -8,6 +8,7 @@ pub mod flops;
 pub mod nemotron;
 pub mod packed;
 pub mod rope;
+pub mod sleep;
 pub mod weights;
 
 pub use crate::config::{Config, DType};

@@ -231,6 +231,34 @@ impl NemotronRewardModel {
         head.forward(&norm.forward(probes)?)
     }
 
+    /// Load this rank's part again from `weights` (waking from sleep level 2):
+    /// the same slices, dtype, device and communicator as before.
+    pub fn reload(&mut self, weights: &Weights) -> Result<(), ModelError> {
+        let comm = Arc::clone(&self.comm);
+        *self = Self::load_stage(&self.config, weights, self.kind, self.device, comm, self.stage.clone())?;
+        Ok(())
+    }
+
+    /// Every tensor this rank holds (weights and rotary tables), for sleep and
+    /// wake ([`super::sleep`]).
+    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut all = Vec::new();
+        if let Some(embed) = self.embed.as_mut() {
+            all.extend(embed.tensors_mut());
+        }
+        for layer in &mut self.layers {
+            all.extend([&mut layer.input_norm.gamma, &mut layer.input_norm.beta]);
+            all.extend(layer.attn.tensors_mut());
+            all.extend([&mut layer.post_norm.gamma, &mut layer.post_norm.beta, &mut layer.mlp.up, &mut layer.mlp.down]);
+        }
+        if let Some((norm, head)) = self.head.as_mut() {
+            all.extend([&mut norm.gamma, &mut norm.beta, &mut head.weight]);
+            all.extend(head.bias.as_mut());
+        }
+        all.extend(self.rotary.tensors_mut());
+        all
+    }
+
     fn not_on_stage(&self, what: &str) -> ModelError {
         ModelError::Config(format!(
             "{what} is not on pipeline stage {} of {} (layers {}..{}): this is a bug",

@@ -20,6 +20,11 @@ pub struct Rotary {
 }
 
 impl RotaryTable {
+    /// Its tensors, for sleep and wake (`super::sleep`).
+    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        vec![&mut self.cos, &mut self.sin]
+    }
+
     pub fn new(cfg: &Config, device: Device) -> RotaryTable {
         let rot = cfg.rotary_dim;
         let exponents = Tensor::arange_start_step(0, rot, 2, (Kind::Int64, device)).to_kind(Kind::Float) / rot as f64;

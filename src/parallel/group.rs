@@ -25,7 +25,7 @@ use super::rank::RankId;
 use super::rank_thread::{rank_main, Command, Job, RankStart, Reply};
 use super::threads::ThreadsHub;
 use crate::config::{CommBackend, Config, DType, ParallelLayout};
-use crate::engine::{check_vocab, BatchScores, Forward, ModelSource, Scorer};
+use crate::engine::{check_vocab, BatchScores, Forward, ModelSource, Scorer, SleepLevel};
 use crate::model::{BatchLayout, ModelError, Weights};
 
 pub(crate) use super::rank_thread::CommSetup;
@@ -56,6 +56,9 @@ pub struct GroupOptions {
     pub delivery: Delivery,
     /// Test hook: make one rank fail in the middle of a batch.
     pub fault: Option<Fault>,
+    /// Where the weights come from, for a wake from sleep level 2 (each rank
+    /// maps the checkpoint again and reads its slices); `None`: level 2 is refused.
+    pub source: Option<ModelSource>,
 }
 
 impl GroupOptions {
@@ -70,6 +73,7 @@ impl GroupOptions {
             job_timeout: Duration::from_secs(3600),
             delivery: Delivery::Channel,
             fault: None,
+            source: None,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct Group {
     health: Arc<Health>,
     threads: Vec<JoinHandle<()>>,
     next_job: std::cell::Cell<u64>,
+    /// Set while every rank sleeps (`super::sleep`).
+    asleep: Option<SleepLevel>,
 }
 
 /// Load `source` as a worker group and put it behind a [`Scorer`]. The layout
@@ -125,7 +131,8 @@ pub struct Group {
 pub fn load_scorer(source: &ModelSource, options: &GroupOptions) -> Result<Scorer, GroupError> {
     let (config, tokenizer, weights) = source.load()?;
     check_vocab(&config, tokenizer.vocab_size())?;
-    let group = Group::start(&config, Arc::new(weights), options)?;
+    let options = GroupOptions { source: Some(source.clone()), ..options.clone() };
+    let group = Group::start(&config, Arc::new(weights), &options)?;
     Ok(Scorer::from_parts(source.name(), config, tokenizer, Box::new(group)))
 }
 
@@ -166,7 +173,7 @@ impl Group {
                 id,
                 device,
                 config: config.clone(),
-                weights: Arc::clone(&weights),
+                weights: Some(Arc::clone(&weights)),
                 options: options.clone(),
                 setup: setup.clone(),
                 health: Arc::clone(&health),
@@ -180,7 +187,8 @@ impl Group {
                 .map_err(|e| GroupError::Backend(format!("cannot start a thread for {id}: {e}")))?;
             threads.push(thread);
         }
-        let group = Group { options: options.clone(), commands, replies, health, threads, next_job: 0.into() };
+        let group =
+            Group { options: options.clone(), commands, replies, health, threads, next_job: 0.into(), asleep: None };
         let deadline = Instant::now() + options.start_timeout;
         let mut waiting: Vec<usize> = hosted.iter().map(|(id, _)| id.global).collect();
         while !waiting.is_empty() {
@@ -210,6 +218,29 @@ impl Group {
         self.health.failure().map_or(Ok(()), Err)
     }
 
+    /// Send a sleep or wake order to the ranks and wait for rank 0's answer,
+    /// which comes after every rank did it (`super::sleep`).
+    fn control(&self, order: impl Fn(Sender<Result<(), String>>) -> Command) -> Result<(), ModelError> {
+        if let Some(reason) = self.health.failure() {
+            return Err(ModelError::Group(format!("the group is unhealthy ({reason}); restart the worker")));
+        }
+        let (ack, done) = mpsc::channel();
+        for commands in &self.commands {
+            if commands.send(order(ack.clone())).is_err() {
+                self.health.fail("a rank thread has exited");
+            }
+        }
+        drop(ack);
+        match done.recv_timeout(self.options.job_timeout) {
+            Ok(result) => result.map_err(ModelError::Group),
+            Err(_) => {
+                let secs = self.options.job_timeout.as_secs_f64();
+                self.health.fail(&format!("rank 0 did not finish a sleep or wake within {secs:.0} s"));
+                Err(ModelError::Group(self.health.failure().unwrap_or_default()))
+            }
+        }
+    }
+
     fn failed(&self, batches: usize, message: String) -> Vec<Result<BatchScores, ModelError>> {
         (0..batches).map(|_| Err(ModelError::Group(message.clone()))).collect()
     }
@@ -219,6 +250,9 @@ impl Forward for Group {
     fn forward(&self, batches: &[BatchLayout]) -> Vec<Result<BatchScores, ModelError>> {
         if let Some(reason) = self.health.failure() {
             return self.failed(batches.len(), format!("the group is unhealthy ({reason}); restart the worker"));
+        }
+        if let Some(level) = self.asleep {
+            return batches.iter().map(|_| Err(crate::engine::sleep::asleep_error(level))).collect();
         }
         let id = self.next_job.get();
         self.next_job.set(id + 1);
@@ -256,6 +290,27 @@ impl Forward for Group {
 
     fn healthy(&self) -> bool {
         self.health.failure().is_none()
+    }
+
+    fn sleep(&mut self, level: SleepLevel) -> Result<(), ModelError> {
+        if self.asleep.is_some_and(|now| now >= level) {
+            return Ok(());
+        }
+        if level == SleepLevel::Two && self.options.source.is_none() {
+            return Err(ModelError::Config("sleep level 2: this group does not know its checkpoint to reload".into()));
+        }
+        self.control(|ack| Command::Sleep(level, ack))?;
+        self.asleep = Some(level);
+        Ok(())
+    }
+
+    fn wake(&mut self) -> Result<(), ModelError> {
+        if self.asleep.is_none() {
+            return Ok(());
+        }
+        self.control(Command::Wake)?;
+        self.asleep = None;
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -315,12 +370,13 @@ mod tests {
     #[test]
     fn followers_in_another_group_serve_until_rank_zero_shuts_down() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-nemotron-rm");
-        let (config, _, weights) = ModelSource::Dir(dir).load().unwrap();
+        let (config, _, weights) = ModelSource::Dir(dir.clone()).load().unwrap();
         let weights = Arc::new(weights);
         let layout = ParallelLayout { tp: 2, pp: 2 };
         let mut options = GroupOptions::new(layout, CommBackend::Threads, DType::F32, Device::Cpu);
         options.delivery = Delivery::Broadcast;
         options.timeout = Duration::from_secs(60);
+        options.source = Some(ModelSource::Dir(dir));
         let hub = ThreadsHub::new(options.timeout);
         let followers = {
             let (config, weights, options, hub) =
@@ -331,7 +387,8 @@ mod tests {
             })
         };
         let ranks = vec![(RankId::new(0, layout), Device::Cpu)];
-        let leader = Group::launch(&config, Arc::clone(&weights), &options, ranks, CommSetup::Threads(hub)).unwrap();
+        let mut leader =
+            Group::launch(&config, Arc::clone(&weights), &options, ranks, CommSetup::Threads(hub)).unwrap();
         let batch = |n: i64| layout_of(&[((4..4 + n).collect(), vec![(6, n / 2), (6, n)])]);
         let layouts = vec![batch(9), batch(17), batch(5)];
         let got: Vec<BatchScores> = leader.forward(&layouts).into_iter().map(Result::unwrap).collect();
@@ -346,6 +403,14 @@ mod tests {
             // micro-batch), relative to the scores' size as in tests/common/close.rs.
             let scale = want.iter().flatten().fold(1.0, |m: f32, x| m.max(x.abs()));
             assert!(diff / scale < 1e-5, "{diff} on scores up to {scale}");
+        }
+        // Sleep and wake reach the followers through the broadcast too; the
+        // scores after each wake are the same bits.
+        for level in [SleepLevel::One, SleepLevel::Two] {
+            leader.sleep(level).unwrap();
+            leader.wake().unwrap();
+            let again: Vec<BatchScores> = leader.forward(&layouts).into_iter().map(Result::unwrap).collect();
+            assert_eq!(again, got, "scores after a level-{level} wake");
         }
         drop(leader);
         assert_eq!(followers.join().unwrap(), Ok(()));

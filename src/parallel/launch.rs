@@ -82,7 +82,8 @@ fn start_rank(source: &ModelSource, options: &GroupOptions, env: LaunchEnv) -> R
         let (config, tokenizer, weights) = source.load()?;
         check_vocab(&config, tokenizer.vocab_size())?;
         layout.validate(&config).map_err(ModelError::from)?;
-        let options = GroupOptions { delivery: Delivery::Broadcast, device, ..options.clone() };
+        let options =
+            GroupOptions { delivery: Delivery::Broadcast, device, source: Some(source.clone()), ..options.clone() };
         let id = RankId::new(env.rank, layout);
         tracing::info!(rank = env.rank, world = env.world, launcher = env.launcher, "joining the worker group");
         let group = Group::launch(&config, Arc::new(weights), &options, vec![(id, device)], setup)?;

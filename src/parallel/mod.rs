@@ -17,6 +17,7 @@ pub mod plan;
 pub mod rank;
 mod rank_thread;
 pub mod rendezvous;
+mod sleep;
 pub mod threads;
 
 pub use comm::{Comm, CommError, SingleRank};

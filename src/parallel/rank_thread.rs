@@ -17,6 +17,7 @@ use super::rank::{decode_job, encode_job, BatchOutcome, RankId, RankWorker};
 use super::threads::{ThreadComm, ThreadsHub};
 use super::StagePlan;
 use crate::config::Config;
+use crate::engine::SleepLevel;
 use crate::model::{BatchLayout, ModelError, NemotronRewardModel, Weights};
 
 pub(crate) struct Job {
@@ -26,7 +27,19 @@ pub(crate) struct Job {
 
 pub(crate) enum Command {
     Run(Arc<Job>),
+    /// Sleep at this level (`super::sleep`); the answer comes once every rank did.
+    Sleep(SleepLevel, Sender<Result<(), String>>),
+    Wake(Sender<Result<(), String>>),
     Shutdown,
+}
+
+/// What a rank does next.
+enum Next {
+    Run(Arc<Job>),
+    /// A sleep (`Some(level)`) or wake (`None`) order, with the feeder's
+    /// answer channel on the ranks it feeds.
+    Control(Option<SleepLevel>, Option<Sender<Result<(), String>>>),
+    Stop,
 }
 
 pub(crate) struct Reply {
@@ -90,7 +103,8 @@ pub(crate) struct RankStart {
     pub(crate) id: RankId,
     pub(crate) device: Device,
     pub(crate) config: Config,
-    pub(crate) weights: Arc<Weights>,
+    /// `None` while asleep at level 2.
+    pub(crate) weights: Option<Arc<Weights>>,
     pub(crate) options: GroupOptions,
     pub(crate) setup: CommSetup,
     pub(crate) health: Arc<Health>,
@@ -109,9 +123,9 @@ impl RankStart {
         let layout = self.options.layout;
         let stage = StagePlan::new(self.config.num_layers, self.id.stage, layout.pp).map_err(|e| e.to_string())?;
         let kind = self.options.dtype.kind();
-        let model =
-            NemotronRewardModel::load_stage(&self.config, &self.weights, kind, self.device, Arc::clone(&tp), stage)
-                .map_err(|e| e.to_string())?;
+        let weights = self.weights.as_ref().expect("a rank starts with its weights: this is a bug");
+        let model = NemotronRewardModel::load_stage(&self.config, weights, kind, self.device, Arc::clone(&tp), stage)
+            .map_err(|e| e.to_string())?;
         Ok(RankWorker { id: self.id, layout, model, world, tp })
     }
 }
@@ -124,10 +138,10 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-pub(crate) fn rank_main(start: RankStart) {
+pub(crate) fn rank_main(mut start: RankStart) {
     let id = start.id;
     let _span = tracing::info_span!("rank", rank = id.global, stage = id.stage, tp_rank = id.tp_rank).entered();
-    let worker = match std::panic::catch_unwind(AssertUnwindSafe(|| start.build())) {
+    let mut worker = match std::panic::catch_unwind(AssertUnwindSafe(|| start.build())) {
         Ok(Ok(worker)) => worker,
         Ok(Err(message)) => return drop(start.ready.send((id, Err(message)))),
         Err(panic) => return drop(start.ready.send((id, Err(panic_message(panic))))),
@@ -145,10 +159,28 @@ pub(crate) fn rank_main(start: RankStart) {
         (Some(commands), Delivery::Broadcast) => Feed::Leader(commands, start.options.timeout / 4),
         (None, _) => Feed::Follower,
     };
+    let mut asleep = None;
     loop {
         let job = match feed.next(&worker) {
-            Ok(Some(job)) => job,
-            Ok(None) => return,
+            Ok(Next::Run(job)) => job,
+            Ok(Next::Control(order, ack)) => {
+                match control(&mut worker, &mut start.weights, start.options.source.as_ref(), &mut asleep, order) {
+                    Ok(()) => {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Ok(()));
+                        }
+                        continue;
+                    }
+                    Err(message) => {
+                        fail(&worker, &start.health, None, &start.replies, message);
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(start.health.failure().unwrap_or_default()));
+                        }
+                        return;
+                    }
+                }
+            }
+            Ok(Next::Stop) => return,
             Err(message) => return fail(&worker, &start.health, None, &start.replies, message),
         };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run(&job.layouts)));
@@ -165,6 +197,29 @@ pub(crate) fn rank_main(start: RankStart) {
         };
         return fail(&worker, &start.health, Some(&job), &start.replies, message);
     }
+}
+
+/// A sleep (`Some(level)`) or wake order on this rank, then the group's
+/// barrier: past it, every rank has done it.
+fn control(
+    worker: &mut RankWorker,
+    weights: &mut Option<Arc<Weights>>,
+    source: Option<&crate::engine::ModelSource>,
+    asleep: &mut Option<SleepLevel>,
+    order: Option<SleepLevel>,
+) -> Result<(), String> {
+    let done = std::panic::catch_unwind(AssertUnwindSafe(|| match (order, *asleep) {
+        (Some(level), now) if now.is_some_and(|n| n >= level) => Ok(now),
+        (Some(level), _) => super::sleep::sleep_rank(worker, weights, level).map(|()| Some(level)),
+        (None, None) => Ok(None),
+        (None, Some(level)) => super::sleep::wake_rank(worker, weights, source, level).map(|()| None),
+    }));
+    *asleep = match done {
+        Ok(Ok(now)) => now,
+        Ok(Err(message)) => return Err(message),
+        Err(panic) => return Err(panic_message(panic)),
+    };
+    worker.world.barrier().map_err(|e| e.to_string())
 }
 
 /// This rank failed: record why, abort its communicators (its peers stop
@@ -192,13 +247,18 @@ enum Feed {
 const HEARTBEAT: i64 = 0;
 const RUN: i64 = 1;
 const SHUTDOWN: i64 = 2;
+/// `[SLEEP, level]` and `[WAKE, 0]`.
+const SLEEP: i64 = 3;
+const WAKE: i64 = 4;
 
 impl Feed {
-    fn next(&self, worker: &RankWorker) -> Result<Option<Arc<Job>>, String> {
+    fn next(&self, worker: &RankWorker) -> Result<Next, String> {
         match self {
             Feed::Channel(commands) => match commands.recv() {
-                Ok(Command::Run(job)) => Ok(Some(job)),
-                Ok(Command::Shutdown) | Err(_) => Ok(None),
+                Ok(Command::Run(job)) => Ok(Next::Run(job)),
+                Ok(Command::Sleep(level, ack)) => Ok(Next::Control(Some(level), Some(ack))),
+                Ok(Command::Wake(ack)) => Ok(Next::Control(None, Some(ack))),
+                Ok(Command::Shutdown) | Err(_) => Ok(Next::Stop),
             },
             Feed::Leader(commands, heartbeat) => loop {
                 match commands.recv_timeout(*heartbeat) {
@@ -206,11 +266,19 @@ impl Feed {
                         let data = encode_job(&job.layouts);
                         broadcast(worker, &[RUN, data.len() as i64])?;
                         broadcast(worker, &data)?;
-                        return Ok(Some(job));
+                        return Ok(Next::Run(job));
+                    }
+                    Ok(Command::Sleep(level, ack)) => {
+                        broadcast(worker, &[SLEEP, level.number() as i64])?;
+                        return Ok(Next::Control(Some(level), Some(ack)));
+                    }
+                    Ok(Command::Wake(ack)) => {
+                        broadcast(worker, &[WAKE, 0])?;
+                        return Ok(Next::Control(None, Some(ack)));
                     }
                     Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                         let _ = broadcast(worker, &[SHUTDOWN, 0]);
-                        return Ok(None);
+                        return Ok(Next::Stop);
                     }
                     Err(RecvTimeoutError::Timeout) => drop(broadcast(worker, &[HEARTBEAT, 0])?),
                 }
@@ -219,12 +287,17 @@ impl Feed {
                 let header = broadcast(worker, &[0, 0])?;
                 match header[0] {
                     HEARTBEAT => continue,
-                    SHUTDOWN => return Ok(None),
+                    SHUTDOWN => return Ok(Next::Stop),
                     RUN => {
                         let data = broadcast(worker, &vec![0; header[1].max(0) as usize])?;
                         let layouts = decode_job(&data).map_err(|e| e.to_string())?;
-                        return Ok(Some(Arc::new(Job { id: 0, layouts })));
+                        return Ok(Next::Run(Arc::new(Job { id: 0, layouts })));
                     }
+                    SLEEP => {
+                        let level = SleepLevel::parse(&header[1].to_string())?;
+                        return Ok(Next::Control(Some(level), None));
+                    }
+                    WAKE => return Ok(Next::Control(None, None)),
                     other => return Err(format!("rank 0 broadcast an unknown command {other}")),
                 }
             },

@@ -44,6 +44,18 @@ pub struct Recipe {
     pub reward: Option<RewardConfig>,
     #[serde(default)]
     pub reward_files: RewardFiles,
+    #[serde(default)]
+    pub colocate: ColocateSection,
+}
+
+/// Sharing the GPUs with a rollout engine (`POST /sleep`, `/wake_up`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColocateSection {
+    /// The level of a `POST /sleep` without `?level=` (`--sleep-level`): 1
+    /// keeps the weights in (pinned) host memory for a fast wake, 2 drops them
+    /// and reloads the checkpoint, for hosts without the memory to spare.
+    pub sleep_level: Option<u8>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -239,6 +251,7 @@ impl LoadedRecipe {
         flag("truncate", r.scoring.truncate.map(|t| format!("{t:?}").to_lowercase()));
         flag("presets", path(&r.reward_files.presets));
         flag("running-state", path(&r.reward_files.running_state));
+        flag("sleep-level", r.colocate.sleep_level.map(|v| v.to_string()));
         if r.serve.merge_attributes == Some(true) {
             args.push("--merge-attributes".into());
         }

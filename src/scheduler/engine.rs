@@ -4,7 +4,7 @@
 //! batches with the [`TokenBudgetBatcher`] and answers each request.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -112,11 +112,13 @@ fn not_scored() -> RecordError {
     RecordError::new(super::NOT_SCORED, "not scored: another item of the request is invalid")
 }
 
-pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tokens: usize, shared: &Shared) {
+pub(super) fn engine_loop(mut scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tokens: usize, shared: &Shared) {
     let _no_grad = tch::no_grad_guard();
     let mut batcher = TokenBudgetBatcher::new(batch_tokens);
     let mut open = true;
     loop {
+        // Sleep and wake orders, between batches; stays there while asleep.
+        shared.sleep.serve(&mut scorer, shared);
         loop {
             match jobs.try_recv() {
                 Ok(job) => batcher.push(job),
@@ -131,9 +133,10 @@ pub(super) fn engine_loop(scorer: Scorer, jobs: Receiver<PreparedJob>, batch_tok
             if !open {
                 return; // shut down and drained
             }
-            match jobs.recv() {
+            match jobs.recv_timeout(super::sleep::POLL) {
                 Ok(job) => batcher.push(job),
-                Err(_) => open = false,
+                Err(RecvTimeoutError::Timeout) => {} // look for sleep orders
+                Err(RecvTimeoutError::Disconnected) => open = false,
             }
             continue;
         }

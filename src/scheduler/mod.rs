@@ -18,8 +18,10 @@
 
 pub mod batcher;
 mod engine;
+pub mod sleep;
 
 pub use batcher::{Dropped, NextBatch, TokenBudgetBatcher, Waiting};
+pub use sleep::{SleepError, SleepStatus, SleepTag};
 
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -150,6 +152,8 @@ struct Shared {
     healthy: AtomicBool,
     info: ModelInfo,
     batch_tokens: usize,
+    /// Sleep and wake orders for the engine thread.
+    sleep: sleep::SleepControl,
 }
 
 impl Shared {
@@ -274,7 +278,9 @@ impl Worker {
             healthy: AtomicBool::new(scorer.healthy()),
             info,
             batch_tokens: config.batch_tokens,
+            sleep: sleep::SleepControl::default(),
         });
+        metrics::gauge!("reward_worker_sleeping").set(0.0);
         let preparer = scorer.preparer();
         let submit_rx = Arc::new(Mutex::new(submit_rx));
         let mut threads = Vec::new();

@@ -1,5 +1,6 @@
 //! Probes and metrics: `/health` (alive: the process answers; no key needed),
-//! `/ready` (the model is loaded, the group healthy, not shutting down),
+//! `/ready` (the model is loaded, the group healthy, not shutting down; it says
+//! whether the model sleeps, and stays 200 then: requests are queued),
 //! `/metrics` (Prometheus text).
 
 use axum::extract::State;
@@ -23,6 +24,10 @@ pub async fn ready(State(app): State<AppState>) -> Response {
         "backend": queue.model().describe,
         "queue": {"waiting": queue.waiting(), "limit": queue.queue_limit()},
         "shutting_down": queue.is_shutting_down(),
+        // Asleep is still ready: a request sent now is queued and answered
+        // after the wake, so a client must not take the replica for down.
+        "sleeping": queue.sleep_status().sleeping,
+        "sleep": super::sleep::body(&queue.sleep_status()),
     });
     let status = if queue.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

@@ -62,6 +62,9 @@ fn describe() {
         "requests dropped unscored (disconnected, deadline)"
     );
     metrics::describe_counter!("reward_worker_errors_total", "error responses by code");
+    metrics::describe_gauge!("reward_worker_sleeping", "0 awake, else the sleep level of the weights (1 or 2)");
+    metrics::describe_counter!("reward_worker_sleep_transitions_total", "sleeps (sleep1, sleep2) and wakes done");
+    metrics::describe_histogram!("reward_worker_sleep_seconds", "time of each sleep or wake, by transition");
 }
 
 /// Count and time every request by its route pattern (not its raw path, so

@@ -12,6 +12,7 @@
 //! - [`limits`]: API key, body limit, deadlines; [`errors`]: the error -> status mapping
 //! - [`conn`]: connections: header and body timeouts, the shutdown that always ends
 //! - [`state_file`]: the running statistics on disk, written durably per committed step
+//! - [`sleep`]: vLLM's `/sleep`, `/wake_up`, `/is_sleeping` (co-location with a rollout engine)
 //!
 //! [`run`] serves listeners until a shutdown future resolves, then drains:
 //! no new connections or requests, every admitted request answered within
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod openai;
 pub mod openrlhf;
 pub mod rewards;
+pub mod sleep;
 pub mod state_file;
 pub mod vllm;
 
@@ -75,6 +77,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Where `POST /v1/rewards/step` saves each committed step, durably, before answering.
     pub running_state: Option<Arc<state_file::StateFile>>,
+    /// The level of a `POST /sleep` without `?level=`.
+    pub sleep_level: crate::engine::SleepLevel,
 }
 
 impl ServeConfig {
@@ -96,6 +100,7 @@ impl ServeConfig {
             body_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
             running_state: None,
+            sleep_level: crate::engine::SleepLevel::One,
         }
     }
 }
@@ -184,6 +189,9 @@ pub fn router(state: AppState) -> Router {
         .route("/get_reward", post(openrlhf::get_reward))
         .route("/classify", post(vllm::classify))
         .route("/pooling", post(vllm::pooling))
+        .route("/sleep", post(sleep::sleep))
+        .route("/wake_up", post(sleep::wake_up))
+        .route("/is_sleeping", get(sleep::is_sleeping))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(kserve::routes())

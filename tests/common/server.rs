@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use reward_worker::engine::{BatchScores, Forward, LocalModel, ModelSource, Scorer};
+use reward_worker::engine::{BatchScores, Forward, LocalModel, ModelSource, ReloadableModel, Scorer, SleepLevel};
 use reward_worker::model::{BatchLayout, ModelError, NemotronRewardModel};
 use reward_worker::parallel::SingleRank;
 
@@ -153,7 +153,7 @@ impl Gate {
 }
 
 struct GatedModel {
-    inner: LocalModel,
+    inner: ReloadableModel,
     gate: Arc<Gate>,
 }
 
@@ -169,11 +169,19 @@ impl Forward for GatedModel {
             *open = *left > 0;
         }
         drop(open);
-        batches.iter().map(|b| self.inner.forward_one(b)).collect()
+        self.inner.forward(batches)
     }
 
     fn describe(&self) -> String {
         "gated test model".into()
+    }
+
+    fn sleep(&mut self, level: SleepLevel) -> Result<(), ModelError> {
+        self.inner.sleep(level)
+    }
+
+    fn wake(&mut self) -> Result<(), ModelError> {
+        self.inner.wake()
     }
 }
 
@@ -187,6 +195,6 @@ pub fn gated_scorer(gate: Arc<Gate>) -> Scorer {
         "tiny-nemotron-rm".into(),
         config,
         tokenizer,
-        Box::new(GatedModel { inner: LocalModel { model }, gate }),
+        Box::new(GatedModel { inner: ReloadableModel::new(LocalModel { model }, source), gate }),
     )
 }
