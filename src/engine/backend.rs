@@ -30,6 +30,12 @@ pub trait Forward: Send {
 
     /// What it runs on, for logs and `/v1/models`: e.g. `cpu, tp=1, pp=1`.
     fn describe(&self) -> String;
+
+    /// The element type of the keys and values its prefix cache keeps (what
+    /// the cache's byte bound counts).
+    fn kv_kind(&self) -> tch::Kind {
+        tch::Kind::Float
+    }
 }
 
 /// One rank holding the whole model.
@@ -58,5 +64,9 @@ impl Forward for LocalModel {
             other => format!("{other:?}"),
         };
         format!("{device}, {:?}, tp=1, pp=1", self.model.kind)
+    }
+
+    fn kv_kind(&self) -> tch::Kind {
+        crate::model::attention::attention_kind_of(self.model.kind, self.model.device)
     }
 }

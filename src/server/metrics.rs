@@ -62,6 +62,13 @@ fn describe() {
         "requests dropped unscored (disconnected, deadline)"
     );
     metrics::describe_counter!("reward_worker_errors_total", "error responses by code");
+    metrics::describe_counter!(
+        "reward_worker_prefix_cache_hit_tokens_total",
+        "tokens whose keys and values the forward passes read from the prefix cache instead of computing"
+    );
+    metrics::describe_counter!("reward_worker_prefix_cache_evictions_total", "prefix-cache entries evicted");
+    metrics::describe_gauge!("reward_worker_prefix_cache_bytes", "bytes of keys and values the prefix cache holds");
+    metrics::describe_gauge!("reward_worker_prefix_cache_bound_bytes", "the prefix cache's bound (--prefix-cache-bytes)");
 }
 
 /// Count and time every request by its route pattern (not its raw path, so
