@@ -96,16 +96,14 @@ impl Scorer {
             context: config.max_position_embeddings as usize,
             vocab_size: config.vocab_size as usize,
         };
-        let cache = RefCell::new(PrefixCache::new(0, 1));
+        let cache = RefCell::new(PrefixCache::new(0, kv_bytes_per_token(&config, backend.as_ref())));
         Scorer { preparer: Arc::new(preparer), backend, config, name, cache }
     }
 
     /// Keys and values of one token, every layer and kv head, as the ranks keep
     /// them (the attention dtype).
     pub fn kv_bytes_per_token(&self) -> usize {
-        let c = &self.config;
-        let elem = self.backend.kv_kind().elt_size_in_bytes();
-        (c.num_layers * 2 * c.num_kv_heads * c.head_dim) as usize * elem
+        kv_bytes_per_token(&self.config, self.backend.as_ref())
     }
 
     /// Bound the prefix cache to `bytes` of keys and values (the whole model's:
@@ -366,6 +364,10 @@ impl Scorer {
         let cache = self.cache.try_borrow().ok().filter(|c| c.enabled());
         SharedTokens { cache, ..SharedTokens::default() }
     }
+}
+
+fn kv_bytes_per_token(c: &Config, backend: &dyn Forward) -> usize {
+    (c.num_layers * 2 * c.num_kv_heads * c.head_dim) as usize * backend.kv_kind().elt_size_in_bytes()
 }
 
 /// The tokenizer must not produce ids past the embedding table.

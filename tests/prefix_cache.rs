@@ -1,0 +1,271 @@
+//! The prefix cache is exact: whatever earlier calls kept (or evicted), every
+//! turn equals the record scored alone with the cache off, in f32 within
+//! `close::SAME_MATH` of the turn's largest |raw| (cached keys and values are
+//! the ones a batch would compute, attended to as one more cascade part, so
+//! only the summation order changes). And it saves what it should: a shared
+//! prompt or a growing history is computed once across calls.
+//!
+//! Records arrive the way training loops send them: one response per call,
+//! groups interleaved, conversations growing a turn per call.
+
+mod common;
+
+use common::*;
+use reward_worker::config::{CommBackend, ParallelLayout};
+use reward_worker::engine::{ModelSource, PreparedRecord, RecordScores, ScoreOptions, ScoreStats, Scorer};
+use reward_worker::model::DType;
+use reward_worker::parallel::{load_scorer, GroupOptions};
+use serde_json::{json, Value};
+use tch::Device;
+
+const WORDS: &[&str] = &[
+    "the", "model", "reward", "answer", "question", "helpful", "water", "river", "energy", "plant", "light", "code",
+    "batch", "token", "layer", "policy", "simple", "explain", "detail", "because", "number", "world", "time", "good",
+];
+
+/// `n` words, deterministic in `seed`.
+fn text(seed: u64, n: usize) -> String {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            WORDS[(x >> 33) as usize % WORDS.len()]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn chat(turns: &[String]) -> Value {
+    let messages: Vec<Value> = turns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": t}))
+        .collect();
+    json!({ "messages": messages })
+}
+
+/// GRPO groups of `per_group` responses, interleaved: response r of every
+/// group, then response r + 1 of every group.
+fn interleaved_groups(groups: usize, per_group: usize, prompt_words: usize) -> Vec<Value> {
+    let prompts: Vec<String> = (0..groups).map(|g| text(100 + g as u64, prompt_words + 7 * g)).collect();
+    (0..per_group)
+        .flat_map(|r| {
+            let prompts = &prompts;
+            (0..groups).map(move |g| chat(&[prompts[g].clone(), text(1000 + 10 * g as u64 + r as u64, 5 + 3 * r)]))
+        })
+        .collect()
+}
+
+/// One conversation growing to `turns` assistant turns, every step a record.
+fn growing(seed: u64, turns: usize) -> Vec<Value> {
+    let mut history = Vec::new();
+    (0..turns)
+        .map(|t| {
+            history.push(text(seed + 2 * t as u64, 8 + t));
+            history.push(text(seed + 2 * t as u64 + 1, 12 + 2 * t));
+            chat(&history)
+        })
+        .collect()
+}
+
+fn scorer(name: &str, cache_bytes: usize) -> Scorer {
+    let s = Scorer::load(&ModelSource::Dir(fixture(name)), DType::F32, Device::Cpu).unwrap();
+    s.set_prefix_cache_bytes(cache_bytes);
+    s
+}
+
+fn prepare(s: &Scorer, records: &[Value]) -> Vec<PreparedRecord> {
+    records.iter().map(|r| s.prepare(r, ScoreOptions::default()).unwrap()).collect()
+}
+
+/// Score `records` in calls of `per_call` records; the stats summed.
+fn stream(s: &Scorer, records: &[Value], per_call: usize, budget: usize) -> (Vec<RecordScores>, ScoreStats) {
+    let prepared = prepare(s, records);
+    let mut all = Vec::new();
+    let mut total = ScoreStats::default();
+    for call in prepared.chunks(per_call) {
+        let refs: Vec<&PreparedRecord> = call.iter().collect();
+        let (results, stats) = s.score_with_stats(&refs, budget);
+        all.extend(results.into_iter().map(Result::unwrap));
+        total.tokens_requested += stats.tokens_requested;
+        total.tokens_computed += stats.tokens_computed;
+        total.tokens_cached += stats.tokens_cached;
+        total.batches += stats.batches;
+    }
+    (all, total)
+}
+
+/// Every record scored alone, each in its own call, by a scorer without a cache.
+fn alone(reference: &Scorer, records: &[Value]) -> Vec<RecordScores> {
+    stream(reference, records, 1, 1 << 20).0
+}
+
+/// Largest difference of a turn's scores, relative to the turn's scale in `want`.
+fn worst(got: &[RecordScores], want: &[RecordScores]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let mut worst: f64 = 0.0;
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.turns.len(), w.turns.len());
+        for (a, b) in g.turns.iter().zip(&w.turns) {
+            assert_eq!(a.turn, b.turn);
+            worst = worst.max(close::rel_diff(&close::widen(&a.raw), &close::widen(&b.raw)));
+        }
+    }
+    worst
+}
+
+/// Distinct (position, prefix) pairs of every scored prefix: the floor of what
+/// any scheme must compute.
+fn unique_tokens(s: &Scorer, records: &[Value]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for r in prepare(s, records) {
+        for seq in r.sequences {
+            for &(token, prefix) in &seq.probes {
+                let mut path = seq.tokens[..prefix as usize].to_vec();
+                path.push(token);
+                for end in 1..=path.len() {
+                    seen.insert(path[..end].to_vec());
+                }
+            }
+        }
+    }
+    seen.len()
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn responses_arriving_one_per_call_score_as_if_alone_and_compute_each_prompt_once() {
+    for name in ["tiny-gqa-odd-bias-legacy", "tiny-mha-rot025"] {
+        let records = interleaved_groups(4, 5, 40);
+        let reference = alone(&scorer(name, 0), &records);
+        let s = scorer(name, 64 * MIB);
+        let (got, stats) = stream(&s, &records, 1, 1 << 20);
+        let diff = worst(&got, &reference);
+        let unique = unique_tokens(&s, &records);
+        eprintln!("{name}: {stats:?}, unique {unique}, max relative diff {diff:.2e}");
+        assert!(diff < close::SAME_MATH, "{name}: cached scoring differs from alone by {diff} (relative)");
+        // every distinct token once, plus the read-out token of each record
+        // (its hidden state is what is scored, so it is always computed)
+        assert!(stats.tokens_computed <= unique + records.len(), "{name}: {stats:?}, unique {unique}");
+        assert!(stats.tokens_cached > 0);
+        let off = stream(&scorer(name, 0), &records, 1, 1 << 20).1;
+        assert_eq!(off.tokens_cached, 0);
+        assert!(off.tokens_computed > 2 * stats.tokens_computed, "off {off:?} vs on {stats:?}");
+    }
+}
+
+#[test]
+fn a_history_growing_across_calls_is_computed_once() {
+    for name in ["tiny-gqa-odd-bias-legacy", "tiny-mha-rot025"] {
+        let mut records = growing(7, 6);
+        records.extend(growing(50, 4));
+        // the two conversations take turns, one step per call
+        let order: Vec<Value> = (0..6).flat_map(|t| [records.get(t).cloned(), records.get(6 + t).cloned()]).flatten().collect();
+        let reference = alone(&scorer(name, 0), &order);
+        let s = scorer(name, 64 * MIB);
+        let (got, stats) = stream(&s, &order, 1, 1 << 20);
+        let diff = worst(&got, &reference);
+        let unique = unique_tokens(&s, &order);
+        eprintln!("{name}: {stats:?}, unique {unique}, max relative diff {diff:.2e}");
+        assert!(diff < close::SAME_MATH, "{name}: {diff} (relative)");
+        assert!(stats.tokens_computed <= unique + order.len(), "{stats:?}, unique {unique}");
+    }
+}
+
+#[test]
+fn a_group_cut_across_batches_of_one_call_reads_its_prompt() {
+    let name = "tiny-gqa-odd-bias-legacy";
+    let records = interleaved_groups(3, 6, 60);
+    let reference = alone(&scorer(name, 0), &records);
+    let off = stream(&scorer(name, 0), &records, records.len(), 150);
+    let s = scorer(name, 64 * MIB);
+    let (got, on) = stream(&s, &records, records.len(), 150);
+    let diff = worst(&got, &reference);
+    eprintln!("on {on:?}, off {:?}, max relative diff {diff:.2e}", off.1);
+    assert!(diff < close::SAME_MATH, "{diff} (relative)");
+    assert!(worst(&off.0, &reference) < close::SAME_MATH);
+    assert!(off.1.batches > 3, "the budget must cut the groups: {:?}", off.1);
+    // the cut repeats each group's prompt without the cache; with it, once
+    assert!(on.tokens_computed < off.1.tokens_computed && on.tokens_cached > 0, "on {on:?}, off {:?}", off.1);
+}
+
+#[test]
+fn evictions_in_the_middle_of_groups_stay_exact() {
+    let name = "tiny-mha-rot025";
+    let records = interleaved_groups(4, 4, 40);
+    let reference = alone(&scorer(name, 0), &records);
+    let probe = scorer(name, MIB);
+    let per_token = probe.prefix_cache_stats().bytes_per_token;
+    // room for about one group's prompt and a response: every group evicts another's
+    for tokens in [90, 150] {
+        let s = scorer(name, per_token * tokens);
+        let (got, stats) = stream(&s, &records, 1, 1 << 20);
+        let cache = s.prefix_cache_stats();
+        let diff = worst(&got, &reference);
+        eprintln!("bound {tokens} tokens: {stats:?}, {cache:?}, max relative diff {diff:.2e}");
+        assert!(diff < close::SAME_MATH, "{diff} (relative)");
+        assert!(cache.evictions > 0 && cache.tokens_held <= tokens, "{cache:?}");
+        assert!(cache.bytes_held <= cache.bound_bytes);
+        // and in calls of several records with a budget that cuts them
+        let (got, _) = stream(&s, &records, 5, 60);
+        assert!(worst(&got, &reference) < close::SAME_MATH);
+    }
+}
+
+#[test]
+fn a_bound_too_small_for_anything_computes_everything_exactly() {
+    let name = "tiny-gqa-odd-bias-legacy";
+    let records = interleaved_groups(2, 3, 30);
+    let reference = alone(&scorer(name, 0), &records);
+    let per_token = scorer(name, MIB).prefix_cache_stats().bytes_per_token;
+    let s = scorer(name, per_token * 3);
+    let (got, stats) = stream(&s, &records, 1, 1 << 20);
+    assert!(worst(&got, &reference) < close::SAME_MATH);
+    assert_eq!(stats.tokens_cached, 0, "{stats:?}");
+    assert_eq!(s.prefix_cache_stats().tokens_held, 0);
+}
+
+#[test]
+fn records_that_bypass_the_cache_neither_read_nor_fill_it() {
+    let name = "tiny-gqa-odd-bias-legacy";
+    let records = interleaved_groups(2, 3, 30);
+    let s = scorer(name, 64 * MIB);
+    let bypass = ScoreOptions { bypass_prefix_cache: true, ..ScoreOptions::default() };
+    let apart: Vec<PreparedRecord> = records.iter().map(|r| s.prepare(r, bypass).unwrap()).collect();
+    for r in &apart {
+        let (results, stats) = s.score_with_stats(&[r], 1 << 20);
+        results[0].as_ref().unwrap();
+        assert_eq!(stats.tokens_cached, 0);
+    }
+    assert_eq!(s.prefix_cache_stats().tokens_held, 0);
+    // mixed in one call: the others use it, the bypassing ones do not
+    let kept = prepare(&s, &records[..1]);
+    s.score(&[&kept[0]], 1 << 20);
+    let mut refs: Vec<&PreparedRecord> = apart.iter().collect();
+    let same = prepare(&s, &records[..1]);
+    refs.push(&same[0]);
+    let (results, stats) = s.score_with_stats(&refs, 1 << 20);
+    assert!(results.iter().all(Result::is_ok));
+    let one = same[0].tokens();
+    assert_eq!(stats.tokens_cached, one - 1, "{stats:?}");
+}
+
+#[test]
+fn a_tp2_pp2_group_with_the_cache_matches_one_rank_alone() {
+    let name = "tiny-nemotron-rm";
+    let mut records = interleaved_groups(3, 3, 30);
+    records.extend(growing(9, 4));
+    let reference = alone(&scorer(name, 0), &records);
+    let options = GroupOptions::new(ParallelLayout { tp: 2, pp: 2 }, CommBackend::Threads, DType::F32, Device::Cpu);
+    let group = load_scorer(&ModelSource::Dir(fixture(name)), &options).unwrap();
+    let per_token = group.prefix_cache_stats().bytes_per_token;
+    for (bound, per_call, budget) in [(64 * MIB, 1, 1 << 20), (per_token * 120, 1, 1 << 20), (64 * MIB, 4, 80)] {
+        group.set_prefix_cache_bytes(bound);
+        let (got, stats) = stream(&group, &records, per_call, budget);
+        let diff = worst(&got, &reference);
+        eprintln!("tp=2 pp=2, bound {bound}: {stats:?}, {:?}, max relative diff {diff:.2e}", group.prefix_cache_stats());
+        assert!(diff < close::SAME_MATH, "{diff} (relative)");
+        assert!(stats.tokens_cached > 0);
+    }
+}
