@@ -6,11 +6,15 @@
 //! prompt or a growing history is computed once across calls.
 //!
 //! Records arrive the way training loops send them: one response per call,
-//! groups interleaved, conversations growing a turn per call.
+//! groups interleaved, conversations growing a turn per call. The same over the
+//! CLI (`score` across chunks, `bench`'s hit rate) and over real HTTP (the
+//! service's `/metrics`, the `"prefix_cache": false` request option).
 
 mod common;
 
+use common::server::ChildServer;
 use common::*;
+use reqwest::{Client, StatusCode};
 use reward_worker::config::{CommBackend, ParallelLayout};
 use reward_worker::engine::{ModelSource, PreparedRecord, RecordScores, ScoreOptions, ScoreStats, Scorer};
 use reward_worker::model::DType;
@@ -268,4 +272,149 @@ fn a_tp2_pp2_group_with_the_cache_matches_one_rank_alone() {
         assert!(diff < close::SAME_MATH, "{diff} (relative)");
         assert!(stats.tokens_cached > 0);
     }
+}
+
+// ---- the CLI ----
+
+fn grpo_file(records: &[Value]) -> std::path::PathBuf {
+    let path = scratch("prefix-cache-grpo").join("grpo.jsonl");
+    std::fs::write(&path, records.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    path
+}
+
+#[test]
+fn score_across_chunks_with_the_cache_matches_without_and_bench_prints_the_hit_rate() {
+    let model = fixture("tiny-gqa-odd-bias-legacy");
+    let input = grpo_file(&interleaved_groups(3, 4, 40));
+    let args = |cache: &'static str| {
+        vec!["score", "--model", path_str(&model), "--input", path_str(&input), "--dtype", "f32", "--chunk", "2", "--prefix-cache-bytes", cache]
+    };
+    let on = run(&args("64MiB"));
+    let off = run(&args("0"));
+    assert!(on.status.success() && off.status.success(), "{}", stderr(&on));
+    let (on, off) = (json_lines(&on), json_lines(&off));
+    assert_eq!(on.len(), 12);
+    for (a, b) in on.iter().zip(&off) {
+        let (a, b) = (floats(&a["turns"][0]["raw"]), floats(&b["turns"][0]["raw"]));
+        assert!(close::rel_diff(&a, &b) < close::SAME_MATH);
+    }
+    let bench = |cache: &'static str| {
+        let out = run(&["bench", "--model", path_str(&model), "--input", path_str(&input), "--dtype", "f32", "--warmup", "0", "--repeat", "2", "--batch-tokens", "200", "--prefix-cache-bytes", cache]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(stdout(&out).trim()).unwrap()
+    };
+    let (on, off) = (bench("64MiB"), bench("0"));
+    eprintln!("bench on {on}\nbench off {off}");
+    assert!(on["prefix_cache_hit_rate"].as_f64().unwrap() > 0.2, "{on}");
+    assert_eq!(off["prefix_cache_hit_rate"].as_f64().unwrap(), 0.0);
+    assert!(on["tokens_computed"].as_u64() < off["tokens_computed"].as_u64());
+    let bad = run(&["score", "--model", path_str(&model), "--input", path_str(&input), "--prefix-cache-bytes", "lots"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("not a number of bytes"), "{}", stderr(&bad));
+}
+
+// ---- the service ----
+
+/// Keys and values of one token of tiny-nemotron-rm in f32: 2 layers x (k, v) x 2 kv heads x 16 x 4 bytes.
+const PER_TOKEN: usize = 2 * 2 * 2 * 16 * 4;
+
+fn server(cache_bytes: usize) -> ChildServer {
+    let model = fixture("tiny-nemotron-rm");
+    let bytes = cache_bytes.to_string();
+    ChildServer::start(&["serve", "--model", path_str(&model), "--port", "0", "--dtype", "f32", "--prefix-cache-bytes", &bytes])
+}
+
+fn record(prompt: usize, response: usize) -> Value {
+    let words = |seed: usize, n: usize| (0..n).map(|i| format!("w{}", (seed * 31 + i * 7) % 97)).collect::<Vec<_>>().join(" ");
+    json!({"messages": [{"role": "user", "content": words(prompt, 40)}, {"role": "assistant", "content": words(1000 + response, 6 + response)}]})
+}
+
+async fn rewards(client: &Client, base: &str, body: Value) -> (StatusCode, Value) {
+    let response = client.post(format!("{base}/v1/rewards")).json(&body).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+fn raw(answer: &Value) -> Vec<f64> {
+    floats(&answer["results"][0]["turns"][0]["raw"])
+}
+
+async fn metric(client: &Client, base: &str, name: &str) -> f64 {
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Every (group, response) of 3 groups x 4 responses, interleaved, one request each.
+fn requests() -> Vec<Value> {
+    (0..4).flat_map(|r| (0..3).map(move |g| record(g, 10 * g + r))).collect()
+}
+
+#[tokio::test]
+async fn responses_sent_one_by_one_read_their_prompt_from_the_cache_and_score_as_without_it() {
+    let client = Client::new();
+    let off = server(0);
+    let mut want = Vec::new();
+    for body in requests() {
+        let (status, answer) = rewards(&client, &off.url, json!({"conversations": [body]})).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        want.push(raw(&answer));
+    }
+    assert_eq!(metric(&client, &off.url, "reward_worker_prefix_cache_hit_tokens_total").await, 0.0);
+
+    let on = server(64 << 20);
+    assert!(on.stderr().contains("prefix cache on"), "{}", on.stderr());
+    let mut computed_first = 0.0;
+    for (i, body) in requests().into_iter().enumerate() {
+        let before = metric(&client, &on.url, "reward_worker_batch_tokens_computed_total").await;
+        let (status, answer) = rewards(&client, &on.url, json!({"conversations": [body]})).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let diff = close::rel_diff(&raw(&answer), &want[i]);
+        assert!(diff < close::SAME_MATH, "request {i}: {diff} (relative)");
+        let computed = metric(&client, &on.url, "reward_worker_batch_tokens_computed_total").await - before;
+        if i == 0 {
+            computed_first = computed;
+        }
+        if i >= 3 {
+            // the group's prompt (and the system header) came from the cache
+            assert!(computed < computed_first / 2.0, "request {i} computed {computed}, the first {computed_first}");
+        }
+    }
+    let hit = metric(&client, &on.url, "reward_worker_prefix_cache_hit_tokens_total").await;
+    let held = metric(&client, &on.url, "reward_worker_prefix_cache_bytes").await;
+    let bound = metric(&client, &on.url, "reward_worker_prefix_cache_bound_bytes").await;
+    assert!(hit > 0.0 && held > 0.0 && held <= bound && bound == (64 << 20) as f64, "hit {hit}, held {held}, bound {bound}");
+
+    // bypassing: no hit, nothing kept
+    let fresh = record(77, 3);
+    let hit_before = metric(&client, &on.url, "reward_worker_prefix_cache_hit_tokens_total").await;
+    let held_before = metric(&client, &on.url, "reward_worker_prefix_cache_bytes").await;
+    for _ in 0..2 {
+        let (status, answer) =
+            rewards(&client, &on.url, json!({"conversations": [fresh.clone()], "prefix_cache": false})).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    assert_eq!(metric(&client, &on.url, "reward_worker_prefix_cache_hit_tokens_total").await, hit_before);
+    assert_eq!(metric(&client, &on.url, "reward_worker_prefix_cache_bytes").await, held_before);
+
+    let (status, answer) = rewards(&client, &on.url, json!({"conversations": [fresh], "prefix_cache": "no"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error"]["code"], "invalid_request");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("`prefix_cache` must be a boolean"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_small_bound_evicts_and_holds() {
+    let client = Client::new();
+    let bound = 400 * PER_TOKEN;
+    let on = server(bound);
+    let off = server(0);
+    for (i, body) in requests().into_iter().enumerate() {
+        let (_, got) = rewards(&client, &on.url, json!({"conversations": [body.clone()]})).await;
+        let (_, want) = rewards(&client, &off.url, json!({"conversations": [body]})).await;
+        let diff = close::rel_diff(&raw(&got), &raw(&want));
+        assert!(diff < close::SAME_MATH, "request {i}: {diff} (relative)");
+        let held = metric(&client, &on.url, "reward_worker_prefix_cache_bytes").await;
+        assert!(held <= bound as f64, "{held} bytes held, bound {bound}");
+    }
+    assert!(metric(&client, &on.url, "reward_worker_prefix_cache_evictions_total").await > 0.0);
 }
