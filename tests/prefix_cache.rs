@@ -165,7 +165,8 @@ fn a_history_growing_across_calls_is_computed_once() {
         let mut records = growing(7, 6);
         records.extend(growing(50, 4));
         // the two conversations take turns, one step per call
-        let order: Vec<Value> = (0..6).flat_map(|t| [records.get(t).cloned(), records.get(6 + t).cloned()]).flatten().collect();
+        let order: Vec<Value> =
+            (0..6).flat_map(|t| [records.get(t).cloned(), records.get(6 + t).cloned()]).flatten().collect();
         let reference = alone(&scorer(name, 0), &order);
         let s = scorer(name, 64 * MIB);
         let (got, stats) = stream(&s, &order, 1, 1 << 20);
@@ -173,7 +174,10 @@ fn a_history_growing_across_calls_is_computed_once() {
         let unique = unique_tokens(&s, &order);
         eprintln!("{name}: {stats:?}, unique {unique}, max relative diff {diff:.2e}");
         assert!(diff < close::SAME_MATH, "{name}: {diff} (relative)");
-        assert!(stats.tokens_computed <= unique + order.len(), "{stats:?}, unique {unique}");
+        // every distinct token once, plus each read-out token again: a step
+        // rates its earlier turns again, and a read-out's hidden state is always computed
+        let readouts: usize = prepare(&s, &order).iter().map(PreparedRecord::turns).sum();
+        assert!(stats.tokens_computed <= unique + readouts, "{stats:?}, unique {unique}, read-outs {readouts}");
     }
 }
 
@@ -201,8 +205,9 @@ fn evictions_in_the_middle_of_groups_stay_exact() {
     let reference = alone(&scorer(name, 0), &records);
     let probe = scorer(name, MIB);
     let per_token = probe.prefix_cache_stats().bytes_per_token;
-    // room for about one group's prompt and a response: every group evicts another's
-    for tokens in [90, 150] {
+    let record = prepare(&probe, &records[..1])[0].tokens();
+    // room for about one or two records: every group evicts another's
+    for tokens in [3 * record / 2, 5 * record / 2] {
         let s = scorer(name, per_token * tokens);
         let (got, stats) = stream(&s, &records, 1, 1 << 20);
         let cache = s.prefix_cache_stats();
@@ -264,11 +269,15 @@ fn a_tp2_pp2_group_with_the_cache_matches_one_rank_alone() {
     let options = GroupOptions::new(ParallelLayout { tp: 2, pp: 2 }, CommBackend::Threads, DType::F32, Device::Cpu);
     let group = load_scorer(&ModelSource::Dir(fixture(name)), &options).unwrap();
     let per_token = group.prefix_cache_stats().bytes_per_token;
-    for (bound, per_call, budget) in [(64 * MIB, 1, 1 << 20), (per_token * 120, 1, 1 << 20), (64 * MIB, 4, 80)] {
+    let record = prepare(&group, &records[..1])[0].tokens();
+    for (bound, per_call, budget) in [(64 * MIB, 1, 1 << 20), (per_token * 2 * record, 1, 1 << 20), (64 * MIB, 4, 80)] {
         group.set_prefix_cache_bytes(bound);
         let (got, stats) = stream(&group, &records, per_call, budget);
         let diff = worst(&got, &reference);
-        eprintln!("tp=2 pp=2, bound {bound}: {stats:?}, {:?}, max relative diff {diff:.2e}", group.prefix_cache_stats());
+        eprintln!(
+            "tp=2 pp=2, bound {bound}: {stats:?}, {:?}, max relative diff {diff:.2e}",
+            group.prefix_cache_stats()
+        );
         assert!(diff < close::SAME_MATH, "{diff} (relative)");
         assert!(stats.tokens_cached > 0);
     }
@@ -287,7 +296,19 @@ fn score_across_chunks_with_the_cache_matches_without_and_bench_prints_the_hit_r
     let model = fixture("tiny-gqa-odd-bias-legacy");
     let input = grpo_file(&interleaved_groups(3, 4, 40));
     let args = |cache: &'static str| {
-        vec!["score", "--model", path_str(&model), "--input", path_str(&input), "--dtype", "f32", "--chunk", "2", "--prefix-cache-bytes", cache]
+        vec![
+            "score",
+            "--model",
+            path_str(&model),
+            "--input",
+            path_str(&input),
+            "--dtype",
+            "f32",
+            "--chunk",
+            "2",
+            "--prefix-cache-bytes",
+            cache,
+        ]
     };
     let on = run(&args("64MiB"));
     let off = run(&args("0"));
@@ -299,17 +320,37 @@ fn score_across_chunks_with_the_cache_matches_without_and_bench_prints_the_hit_r
         assert!(close::rel_diff(&a, &b) < close::SAME_MATH);
     }
     let bench = |cache: &'static str| {
-        let out = run(&["bench", "--model", path_str(&model), "--input", path_str(&input), "--dtype", "f32", "--warmup", "0", "--repeat", "2", "--batch-tokens", "200", "--prefix-cache-bytes", cache]);
+        let out = run(&[
+            "bench",
+            "--model",
+            path_str(&model),
+            "--input",
+            path_str(&input),
+            "--dtype",
+            "f32",
+            "--warmup",
+            "0",
+            "--repeat",
+            "2",
+            "--batch-tokens",
+            "100",
+            "--prefix-cache-bytes",
+            cache,
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_str::<Value>(stdout(&out).trim()).unwrap()
     };
     let (on, off) = (bench("64MiB"), bench("0"));
     eprintln!("bench on {on}\nbench off {off}");
-    assert!(on["prefix_cache_hit_rate"].as_f64().unwrap() > 0.2, "{on}");
+    assert!(on["prefix_cache_hit_rate"].as_f64().unwrap() > 0.1, "{on}");
     assert_eq!(off["prefix_cache_hit_rate"].as_f64().unwrap(), 0.0);
     assert!(on["tokens_computed"].as_u64() < off["tokens_computed"].as_u64());
     let bad = run(&["score", "--model", path_str(&model), "--input", path_str(&input), "--prefix-cache-bytes", "lots"]);
-    assert!(!bad.status.success() && stderr(&bad).contains("not a number of bytes"), "{}", stderr(&bad));
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("--prefix-cache-bytes") && stderr(&bad).contains("lots"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 // ---- the service ----
@@ -320,11 +361,22 @@ const PER_TOKEN: usize = 2 * 2 * 2 * 16 * 4;
 fn server(cache_bytes: usize) -> ChildServer {
     let model = fixture("tiny-nemotron-rm");
     let bytes = cache_bytes.to_string();
-    ChildServer::start(&["serve", "--model", path_str(&model), "--port", "0", "--dtype", "f32", "--prefix-cache-bytes", &bytes])
+    ChildServer::start(&[
+        "serve",
+        "--model",
+        path_str(&model),
+        "--port",
+        "0",
+        "--dtype",
+        "f32",
+        "--prefix-cache-bytes",
+        &bytes,
+    ])
 }
 
 fn record(prompt: usize, response: usize) -> Value {
-    let words = |seed: usize, n: usize| (0..n).map(|i| format!("w{}", (seed * 31 + i * 7) % 97)).collect::<Vec<_>>().join(" ");
+    let words =
+        |seed: usize, n: usize| (0..n).map(|i| format!("w{}", (seed * 31 + i * 7) % 97)).collect::<Vec<_>>().join(" ");
     json!({"messages": [{"role": "user", "content": words(prompt, 40)}, {"role": "assistant", "content": words(1000 + response, 6 + response)}]})
 }
 
@@ -382,7 +434,10 @@ async fn responses_sent_one_by_one_read_their_prompt_from_the_cache_and_score_as
     let hit = metric(&client, &on.url, "reward_worker_prefix_cache_hit_tokens_total").await;
     let held = metric(&client, &on.url, "reward_worker_prefix_cache_bytes").await;
     let bound = metric(&client, &on.url, "reward_worker_prefix_cache_bound_bytes").await;
-    assert!(hit > 0.0 && held > 0.0 && held <= bound && bound == (64 << 20) as f64, "hit {hit}, held {held}, bound {bound}");
+    assert!(
+        hit > 0.0 && held > 0.0 && held <= bound && bound == (64 << 20) as f64,
+        "hit {hit}, held {held}, bound {bound}"
+    );
 
     // bypassing: no hit, nothing kept
     let fresh = record(77, 3);

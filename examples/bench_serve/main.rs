@@ -305,14 +305,20 @@ fn run_streaming(
     println!(
         "\nstreaming: (f) {} GRPO groups x {}, arriving over {window:.1} s; (g) {} conversations growing to {} turns; \
          prefix cache {} bytes when on; batch tokens {}",
-        args.stream_groups, args.group_size, args.rollouts, args.rollout_turns, args.prefix_cache_bytes, args.batch_tokens
+        args.stream_groups,
+        args.group_size,
+        args.rollouts,
+        args.rollout_turns,
+        args.prefix_cache_bytes,
+        args.batch_tokens
     );
     println!("\n| workload | cache | useful tok/s | p50 ms | p99 ms | tokens computed | unique tokens | computed / unique | hit rate | cache bytes / bound | peak RSS MiB | answered / sent |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut report = Vec::new();
-    for (name, records) in
-        [("(f) GRPO, responses arriving one by one", f_records.iter().collect::<Vec<_>>()), ("(g) growing multi-turn", g_steps.iter().flatten().collect())]
-    {
+    for (name, records) in [
+        ("(f) GRPO, responses arriving one by one", f_records.iter().collect::<Vec<_>>()),
+        ("(g) growing multi-turn", g_steps.iter().flatten().collect()),
+    ] {
         let useful = streaming::useful_tokens(&preparer, &records);
         let unique = streaming::unique_tokens(&preparer, &records);
         let mut rates = Vec::new();

@@ -101,12 +101,8 @@ pub struct StreamRun {
 
 async fn post(client: &reqwest::Client, url: &str, record: &Value) -> (f64, bool) {
     let sent = Instant::now();
-    let answer = client
-        .post(url)
-        .json(&json!({"conversations": [record]}))
-        .timeout(Duration::from_secs(600))
-        .send()
-        .await;
+    let answer =
+        client.post(url).json(&json!({"conversations": [record]})).timeout(Duration::from_secs(600)).send().await;
     let ok = match answer {
         Ok(r) if r.status().is_success() => {
             r.json::<Value>().await.ok().is_some_and(|v| v["results"][0]["turns"].as_array().is_some())

@@ -245,7 +245,14 @@ impl PrefixCache {
 
     /// Keep `tokens` (batch rows from `row`) as a new entry hanging at `at`, if
     /// room can be made; returns where the path then ends.
-    fn keep(&mut self, tokens: &[i64], at: Pos, row: i64, stores: &mut Vec<KvStore>, used: &mut Vec<u64>) -> Option<Pos> {
+    fn keep(
+        &mut self,
+        tokens: &[i64],
+        at: Pos,
+        row: i64,
+        stores: &mut Vec<KvStore>,
+        used: &mut Vec<u64>,
+    ) -> Option<Pos> {
         if tokens.is_empty() {
             return Some(at);
         }
@@ -255,8 +262,13 @@ impl PrefixCache {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let entry =
-            Entry { tokens: tokens.to_vec(), parent: (at.entry, at.offset), children: HashMap::new(), last_used: self.clock, pins: 0 };
+        let entry = Entry {
+            tokens: tokens.to_vec(),
+            parent: (at.entry, at.offset),
+            children: HashMap::new(),
+            last_used: self.clock,
+            pins: 0,
+        };
         self.entries.insert(id, entry);
         let parent = self.entries.get_mut(&at.entry).expect("a walk ends in an entry that exists");
         parent.children.insert((at.offset, tokens[0]), id);
@@ -283,7 +295,7 @@ impl PrefixCache {
             let victim = self
                 .entries
                 .iter()
-                .filter(|(id, e)| **id != ROOT && e.children.is_empty() && e.pins == 0 && !used.contains(id))
+                .filter(|(id, e)| **id != ROOT && e.children.is_empty() && e.pins == 0 && !used.contains(*id))
                 .min_by_key(|(id, e)| (e.last_used, **id))
                 .map(|(id, _)| *id);
             let Some(victim) = victim else { return false };
@@ -424,7 +436,8 @@ mod tests {
         let again = run(&mut cache, &[&[1, 2, 3, 4, 20, 21]], 100);
         assert_eq!(again[0].tokens, vec![P]);
         assert_eq!(again[0].positions, vec![6]);
-        let reads: Vec<(u64, i64, i64, i64)> = again[0].cache.reads.iter().map(|r| (r.entry, r.offset, r.len, r.depth)).collect();
+        let reads: Vec<(u64, i64, i64, i64)> =
+            again[0].cache.reads.iter().map(|r| (r.entry, r.offset, r.len, r.depth)).collect();
         assert_eq!(reads, vec![(1, 0, 4, 0), (2, 0, 2, 4)]);
         assert_eq!(cache.stats().tokens_hit, 4 + 6);
     }

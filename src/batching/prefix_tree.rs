@@ -49,8 +49,7 @@ impl Default for PrefixTree {
 
 impl PrefixTree {
     pub fn new() -> PrefixTree {
-        let root =
-            Node {
+        let root = Node {
             tokens: vec![],
             depth: 0,
             parent: 0,
@@ -94,7 +93,8 @@ impl PrefixTree {
         self.tokens += tokens.len();
         self.nodes[parent].by_token.insert(tokens[0], id);
         self.nodes[parent].children.push(id);
-        let node = Node { tokens, depth, parent, children: vec![], by_token: HashMap::new(), readout: false, free: false };
+        let node =
+            Node { tokens, depth, parent, children: vec![], by_token: HashMap::new(), readout: false, free: false };
         self.nodes.push(node);
         id
     }

@@ -272,7 +272,8 @@ impl Scorer {
             if let Some(c) = cache.as_mut() {
                 // What a failed batch was to keep may be missing or partial on some
                 // rank: start again from nothing.
-                let kept = outcomes.iter().zip(&live).all(|(o, b)| o.as_ref().is_ok_and(|s| s.len() == b.readouts.len()));
+                let kept =
+                    outcomes.iter().zip(&live).all(|(o, b)| o.as_ref().is_ok_and(|s| s.len() == b.readouts.len()));
                 if !kept || !self.backend.healthy() {
                     c.invalidate();
                 }

@@ -60,7 +60,10 @@ impl CacheOps {
         let (head, rest) = (data.get(..4)?, &data[4..]);
         let count = |n: i64| usize::try_from(n).ok();
         let (evicts, reads, stores) = (count(head[1])?, count(head[2])?, count(head[3])?);
-        if head[0] > 1 || head[0] < 0 || rest.len() != evicts.checked_add(reads.checked_mul(6)?)?.checked_add(stores.checked_mul(3)?)? {
+        if head[0] > 1
+            || head[0] < 0
+            || rest.len() != evicts.checked_add(reads.checked_mul(6)?)?.checked_add(stores.checked_mul(3)?)?
+        {
             return None;
         }
         let (evict, rest) = rest.split_at(evicts);
@@ -87,7 +90,13 @@ impl CacheOps {
     /// stores keep rows of it.
     pub fn validate(&self, rows: i64) -> Result<(), String> {
         for r in &self.reads {
-            if r.offset < 0 || r.len < 1 || r.depth < 0 || r.below_start < 0 || r.below_start >= r.below_end || r.below_end > rows {
+            if r.offset < 0
+                || r.len < 1
+                || r.depth < 0
+                || r.below_start < 0
+                || r.below_start >= r.below_end
+                || r.below_end > rows
+            {
                 return Err(format!("cache read {r:?} is outside a batch of {rows} rows"));
             }
         }
@@ -133,7 +142,9 @@ impl KvCache {
         ops.reads
             .iter()
             .map(|r| {
-                let missing = || ModelError::Config(format!("prefix-cache entry {} has no layer {layer}: this is a bug", r.entry));
+                let missing = || {
+                    ModelError::Config(format!("prefix-cache entry {} has no layer {layer}: this is a bug", r.entry))
+                };
                 let (k, v) = self.entries.get(&r.entry).and_then(|layers| layers.get(layer)).ok_or_else(missing)?;
                 Ok((k.f_narrow(0, r.offset, r.len)?, v.f_narrow(0, r.offset, r.len)?))
             })
@@ -145,7 +156,8 @@ impl KvCache {
     /// in order, the first creating the entry.
     pub fn store(&mut self, ops: &CacheOps, layer: usize, k: &Tensor, v: &Tensor) -> Result<(), ModelError> {
         for s in &ops.stores {
-            let kept = (k.f_narrow(0, s.start, s.len)?.f_detach_copy()?, v.f_narrow(0, s.start, s.len)?.f_detach_copy()?);
+            let kept =
+                (k.f_narrow(0, s.start, s.len)?.f_detach_copy()?, v.f_narrow(0, s.start, s.len)?.f_detach_copy()?);
             let layers = self.entries.entry(s.entry).or_default();
             if layer == 0 {
                 layers.clear();

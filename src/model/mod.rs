@@ -12,8 +12,8 @@ pub mod rope;
 pub mod weights;
 
 pub use crate::config::{Config, DType};
-pub use nemotron::NemotronRewardModel;
 pub use kv_cache::{CacheOps, KvRead, KvStore};
+pub use nemotron::NemotronRewardModel;
 pub use packed::{BatchLayout, PackedBatch, Segment};
 pub use weights::Weights;
 

@@ -271,6 +271,9 @@ fn record_raw_scores(scores: &RecordScores) {
 /// held against the bound, evictions.
 fn record_prefix_cache(hit: usize, cache: &crate::batching::CacheStats) {
     metrics::counter!("reward_worker_prefix_cache_hit_tokens_total").increment(hit as u64);
+    if cache.bytes_per_token == 0 {
+        return; // a nested call: the outer one holds the cache and records it
+    }
     metrics::counter!("reward_worker_prefix_cache_evictions_total").absolute(cache.evictions);
     metrics::gauge!("reward_worker_prefix_cache_bytes").set(cache.bytes_held as f64);
     metrics::gauge!("reward_worker_prefix_cache_bound_bytes").set(cache.bound_bytes as f64);

@@ -68,7 +68,10 @@ fn describe() {
     );
     metrics::describe_counter!("reward_worker_prefix_cache_evictions_total", "prefix-cache entries evicted");
     metrics::describe_gauge!("reward_worker_prefix_cache_bytes", "bytes of keys and values the prefix cache holds");
-    metrics::describe_gauge!("reward_worker_prefix_cache_bound_bytes", "the prefix cache's bound (--prefix-cache-bytes)");
+    metrics::describe_gauge!(
+        "reward_worker_prefix_cache_bound_bytes",
+        "the prefix cache's bound (--prefix-cache-bytes)"
+    );
 }
 
 /// Count and time every request by its route pattern (not its raw path, so
