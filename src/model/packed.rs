@@ -298,4 +298,26 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(&b.single_probes.0).unwrap(), vec![0, 1]);
         assert_eq!(Vec::<i64>::try_from(&b.probe_positions).unwrap(), vec![4, 2]);
     }
+
+    #[test]
+    fn segments_under_a_cached_ancestor_continue_its_positions() {
+        use crate::model::kv_cache::KvRead;
+        let read = KvRead { entry: 1, offset: 0, len: 3, depth: 0, below_start: 0, below_end: 2 };
+        let mut l = BatchLayout {
+            tokens: vec![5, 9],
+            positions: vec![3, 4],
+            segments: vec![Segment { start: 0, len: 1, end: 2 }, Segment { start: 1, len: 1, end: 2 }],
+            probe_rows: vec![1],
+            cache: CacheOps { reads: vec![read], ..CacheOps::default() },
+        };
+        l.validate().unwrap();
+        assert_eq!(BatchLayout::decode(&l.encode()).unwrap(), l);
+        let b = PackedBatch::new(&l, Device::Cpu).unwrap();
+        assert_eq!(b.read_probes, vec![0..1]);
+        l.positions = vec![0, 1];
+        assert!(l.validate().unwrap_err().to_string().contains("positions do not continue from 3"));
+        l.positions = vec![3, 4];
+        l.cache.reads[0].below_end = 3;
+        assert!(l.validate().unwrap_err().to_string().contains("outside a batch of 2 rows"));
+    }
 }
