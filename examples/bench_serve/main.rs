@@ -79,9 +79,9 @@ struct Args {
     /// (f): GRPO groups whose responses arrive one by one.
     #[arg(long, default_value_t = 6)]
     stream_groups: usize,
-    /// (f): seconds over which the responses arrive (default: half the time the
-    /// cache-off service would take to compute every record on its own, so
-    /// that it is busy throughout).
+    /// (f): seconds over which the responses arrive (default: 0.4x the time the
+    /// cache-off engine takes to score every record on its own, so that the
+    /// service is busy throughout).
     #[arg(long)]
     stream_window: Option<f64>,
     /// (g): conversations, and the assistant turns each grows to.
@@ -287,18 +287,19 @@ fn run_streaming(
     args: &Args,
 ) -> anyhow::Result<()> {
     let preparer = scorer.preparer();
-    // Seconds per token computed, from one warm call: the (f) window's scale.
+    // The (f) window's scale: how long the cache-off engine takes for the
+    // records each scored alone (as when no two meet in a batch), from the
+    // first 8 of them; the window is 0.4x that, so the service is busy throughout.
     let (f_records, _) = streaming::grpo_arrivals(&preparer, args.stream_groups, args.group_size, 1.0, args.seed);
-    let requested: usize =
-        f_records.iter().map(|r| preparer.prepare(r, ScoreOptions::default()).expect("valid").tokens()).sum();
-    let probe: Vec<PreparedRecord> =
-        f_records.iter().take(4).map(|r| preparer.prepare(r, ScoreOptions::default()).expect("valid")).collect();
-    let refs: Vec<&PreparedRecord> = probe.iter().collect();
-    let _ = scorer.score_with_stats(&refs, args.batch_tokens);
+    let sample: Vec<PreparedRecord> =
+        f_records.iter().take(8).map(|r| preparer.prepare(r, ScoreOptions::default()).expect("valid")).collect();
+    let _ = scorer.score_with_stats(&[&sample[0]], args.batch_tokens); // warm-up
     let started = Instant::now();
-    let (_, stats) = scorer.score_with_stats(&refs, args.batch_tokens);
-    let per_token = started.elapsed().as_secs_f64() / stats.tokens_computed.max(1) as f64;
-    let window = args.stream_window.unwrap_or(0.5 * per_token * requested as f64);
+    for r in &sample {
+        let _ = scorer.score_with_stats(&[r], args.batch_tokens);
+    }
+    let alone = started.elapsed().as_secs_f64() * f_records.len() as f64 / sample.len().max(1) as f64;
+    let window = args.stream_window.unwrap_or(0.4 * alone);
     let (f_records, f_at) = streaming::grpo_arrivals(&preparer, args.stream_groups, args.group_size, window, args.seed);
     let g_steps = streaming::growing(&preparer, args.rollouts, args.rollout_turns, args.seed);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
