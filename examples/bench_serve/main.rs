@@ -79,11 +79,14 @@ struct Args {
     /// (f): GRPO groups whose responses arrive one by one.
     #[arg(long, default_value_t = 6)]
     stream_groups: usize,
-    /// (f): seconds over which the responses arrive (default: 0.4x the time the
-    /// cache-off engine takes to score every record on its own, so that the
-    /// service is busy throughout).
+    /// (f): seconds over which the responses arrive (default: `--stream-batches`
+    /// batch durations).
     #[arg(long)]
     stream_window: Option<f64>,
+    /// (f): the arrival window in batch durations (the time the cache-off
+    /// engine takes for a full batch of `--batch-tokens`).
+    #[arg(long, default_value_t = 5.0)]
+    stream_batches: f64,
     /// (g): conversations, and the assistant turns each grows to.
     #[arg(long, default_value_t = 16)]
     rollouts: usize,
@@ -287,27 +290,27 @@ fn run_streaming(
     args: &Args,
 ) -> anyhow::Result<()> {
     let preparer = scorer.preparer();
-    // The (f) window's scale: how long the cache-off engine takes for the
-    // records each scored alone (as when no two meet in a batch), from the
-    // first 8 of them; the window is 0.4x that, so the service is busy throughout.
+    // The (f) window: `--stream-batches` batch durations, a batch duration
+    // being the cache-off engine's time for a full batch of `--batch-tokens`
+    // (measured on the records in one call, the second of two).
     let (f_records, _) = streaming::grpo_arrivals(&preparer, args.stream_groups, args.group_size, 1.0, args.seed);
-    let sample: Vec<PreparedRecord> =
-        f_records.iter().take(8).map(|r| preparer.prepare(r, ScoreOptions::default()).expect("valid")).collect();
-    let _ = scorer.score_with_stats(&[&sample[0]], args.batch_tokens); // warm-up
+    let all: Vec<PreparedRecord> =
+        f_records.iter().map(|r| preparer.prepare(r, ScoreOptions::default()).expect("valid")).collect();
+    let refs: Vec<&PreparedRecord> = all.iter().collect();
+    let _ = scorer.score_with_stats(&refs, args.batch_tokens); // warm-up
     let started = Instant::now();
-    for r in &sample {
-        let _ = scorer.score_with_stats(&[r], args.batch_tokens);
-    }
-    let alone = started.elapsed().as_secs_f64() * f_records.len() as f64 / sample.len().max(1) as f64;
-    let window = args.stream_window.unwrap_or(0.4 * alone);
+    let (_, one_call) = scorer.score_with_stats(&refs, args.batch_tokens);
+    let per_batch = started.elapsed().as_secs_f64() * args.batch_tokens as f64 / one_call.tokens_computed.max(1) as f64;
+    let window = args.stream_window.unwrap_or(args.stream_batches * per_batch);
     let (f_records, f_at) = streaming::grpo_arrivals(&preparer, args.stream_groups, args.group_size, window, args.seed);
     let g_steps = streaming::growing(&preparer, args.rollouts, args.rollout_turns, args.seed);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     println!(
-        "\nstreaming: (f) {} GRPO groups x {}, arriving over {window:.1} s; (g) {} conversations growing to {} turns; \
+        "\nstreaming: (f) {} GRPO groups x {}, arriving over {window:.1} s ({:.1} batch durations of {per_batch:.2} s); (g) {} conversations growing to {} turns; \
          prefix cache {} bytes when on; batch tokens {}",
         args.stream_groups,
         args.group_size,
+        window / per_batch,
         args.rollouts,
         args.rollout_turns,
         args.prefix_cache_bytes,
