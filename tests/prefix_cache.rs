@@ -283,6 +283,30 @@ fn a_tp2_pp2_group_with_the_cache_matches_one_rank_alone() {
     }
 }
 
+#[test]
+fn a_rank_failure_clears_the_cache_with_the_group() {
+    use reward_worker::parallel::{Fault, FaultKind};
+    let name = "tiny-nemotron-rm";
+    let records = interleaved_groups(1, 3, 30);
+    let mut options = GroupOptions::new(ParallelLayout { tp: 2, pp: 1 }, CommBackend::Threads, DType::F32, Device::Cpu);
+    // 5 all-reduces per batch (embedding, then attention and MLP of 2 layers): the third call fails
+    options.fault = Some(Fault { rank: 1, at_all_reduce: 12, kind: FaultKind::Error });
+    options.timeout = std::time::Duration::from_secs(20);
+    let group = load_scorer(&ModelSource::Dir(fixture(name)), &options).unwrap();
+    group.set_prefix_cache_bytes(64 * MIB);
+    let prepared = prepare(&group, &records);
+    for r in &prepared[..2] {
+        let (results, _) = group.score_with_stats(&[r], 1 << 20);
+        results[0].as_ref().unwrap();
+    }
+    assert!(group.prefix_cache_stats().tokens_held > 0);
+    let (results, _) = group.score_with_stats(&[&prepared[2]], 1 << 20);
+    let err = results[0].as_ref().unwrap_err();
+    assert!(err.message.contains("injected fault"), "{err:?}");
+    assert!(!group.healthy());
+    assert_eq!(group.prefix_cache_stats().tokens_held, 0, "{:?}", group.prefix_cache_stats());
+}
+
 // ---- the CLI ----
 
 fn grpo_file(records: &[Value]) -> std::path::PathBuf {
