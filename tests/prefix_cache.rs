@@ -283,6 +283,32 @@ fn a_tp2_pp2_group_with_the_cache_matches_one_rank_alone() {
     }
 }
 
+/// bf16 with the cache against f32 alone stays within `close::BF16_SHARED_FACTOR`
+/// of bf16 alone (without the cache), as prefix sharing does (tests/prefix_sharing.rs).
+#[test]
+fn bf16_with_the_cache_stays_within_the_sharing_bound() {
+    let name = "tiny-gqa-odd-bias-legacy";
+    let mut records = interleaved_groups(2, 3, 40);
+    records.extend(growing(3, 3));
+    let reference = alone(&scorer(name, 0), &records);
+    let bf16 = |cache: usize| {
+        let s = Scorer::load(&ModelSource::Dir(fixture(name)), DType::Bf16, Device::Cpu).unwrap();
+        s.set_prefix_cache_bytes(cache);
+        s
+    };
+    let abs = |got: &[RecordScores]| -> f64 {
+        let flat = |r: &[RecordScores]| -> Vec<f64> { r.iter().flat_map(|r| r.turns.iter().flat_map(|t| close::widen(&t.raw))).collect() };
+        max_abs_diff(&flat(got), &flat(&reference))
+    };
+    let alone_diff = abs(&alone(&bf16(0), &records));
+    let (cached, stats) = stream(&bf16(64 * MIB), &records, 1, 1 << 20);
+    let diff = abs(&cached);
+    let bound = alone_diff * close::BF16_SHARED_FACTOR;
+    eprintln!("bf16 cached vs f32 alone {diff:.4}, bf16 alone {alone_diff:.4} (bound {bound:.4}), {stats:?}");
+    assert!(stats.tokens_cached > 0);
+    assert!(diff <= bound, "bf16 with the cache is {diff} from f32, bound {bound}");
+}
+
 #[test]
 fn a_rank_failure_clears_the_cache_with_the_group() {
     use reward_worker::parallel::{Fault, FaultKind};
