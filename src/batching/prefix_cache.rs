@@ -132,8 +132,8 @@ impl PrefixCache {
 
     /// Walk `tokens` from `from`: how many match, the cached runs they match
     /// (entry, offset, len), and where the walk stopped.
-    fn walk(&self, from: Pos, tokens: &[i64]) -> (usize, Vec<(u64, usize, usize)>, Pos) {
-        let (mut pos, mut runs, mut i) = (from, Vec::<(u64, usize, usize)>::new(), 0);
+    fn walk(&self, from: Pos, tokens: &[i64]) -> (usize, Runs, Pos) {
+        let (mut pos, mut runs, mut i) = (from, Runs::new(), 0);
         while i < tokens.len() {
             let entry = &self.entries[&pos.entry];
             if entry.tokens.get(pos.offset) == Some(&tokens[i]) {
@@ -312,6 +312,9 @@ impl PrefixCache {
     }
 }
 
+/// Runs of cached tokens a walk matched: (entry, offset, len).
+type Runs = Vec<(u64, usize, usize)>;
+
 /// A layout built node by node: computed nodes are segments, cached ones are
 /// reads over the rows that follow them in depth-first order.
 #[derive(Default)]
@@ -320,7 +323,7 @@ struct Builder {
     /// Nodes on the current path: (node, segment index or None for a read, first row below it).
     open: Vec<(usize, Option<usize>, i64)>,
     /// Per open read node: its runs (entry, offset, len) and first position.
-    reads: HashMap<usize, (Vec<(u64, usize, usize)>, usize)>,
+    reads: HashMap<usize, (Runs, usize)>,
     stores: Vec<KvStore>,
     last_row: HashMap<usize, i64>,
     hits: usize,
@@ -365,7 +368,7 @@ impl Builder {
         }
     }
 
-    fn open_read(&mut self, n: usize, depth: usize, runs: Vec<(u64, usize, usize)>) {
+    fn open_read(&mut self, n: usize, depth: usize, runs: Runs) {
         self.reads.insert(n, (runs, depth));
         self.open.push((n, None, self.layout.tokens.len() as i64));
     }
