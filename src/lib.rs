@@ -11,7 +11,7 @@
 //!   `config.json` -> [`config::Config`], the decoder dtype, the parallel layout.
 //! - [`model`]: safetensors loading by HF
 //!   names (with per-rank slices), and the Nemotron-4 decoder + reward head as
-//!   plain math over a packed batch.
+//!   plain math over a packed batch (and a rank's slice of the prefix cache).
 //! - [`chat`]: input formats (seed `conversations`, OpenAI `messages`), the
 //!   SteerLM template, tokenisation, and the one-pass layout that scores every
 //!   assistant turn with probe tokens.
@@ -22,7 +22,9 @@
 //! - [`engine`]: [`engine::Scorer`] = model + tokenizer; prepares records and
 //!   scores them in token-budget batches; sleeps and wakes for co-location
 //!   ([`engine::sleep`]).
-//! - [`batching`]: grouping by token budget.
+//! - [`batching`]: grouping by token budget: the prefix tree, its cut into
+//!   batches, and the prefix cache's index (what the ranks keep across batches,
+//!   whose keys and values live in `model::kv_cache`).
 //! - [`reward`]: raw scores -> scalar: calibration, weights and presets,
 //!   normalisation (none, fixed, running, batch, group), clip; SteerLM labels.
 //! - [`preference`]: preference pairs, the attribute cache, RewardBench

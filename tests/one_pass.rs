@@ -43,7 +43,12 @@ fn one_pass_equals_per_prefix_scoring() {
                 assert_eq!(alone.turns[last].turn, turn.turn);
                 let diff = close::rel_diff(&raw(together, i), &raw(alone, last));
                 worst = worst.max(diff);
-                assert!(diff < close::SAME_MATH, "{name} {} turn {}: one pass differs by {diff} (relative)", case["id"], turn.turn);
+                assert!(
+                    diff < close::SAME_MATH,
+                    "{name} {} turn {}: one pass differs by {diff} (relative)",
+                    case["id"],
+                    turn.turn
+                );
             }
         }
         eprintln!("{name}: one pass vs per prefix, largest relative difference {worst:.2e}");

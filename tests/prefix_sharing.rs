@@ -120,7 +120,10 @@ fn shared_prompts_and_histories_score_as_if_alone_f32() {
             let (together, stats) = score(&s, &records, budget);
             let diff = worst(&together, &reference);
             eprintln!("{name} budget {budget}: {} batches, {stats:?}, max relative diff {diff:.2e}", stats.batches);
-            assert!(diff < close::SAME_MATH, "{name} budget {budget}: shared scoring differs from alone by {diff} (relative)");
+            assert!(
+                diff < close::SAME_MATH,
+                "{name} budget {budget}: shared scoring differs from alone by {diff} (relative)"
+            );
         }
     }
 }

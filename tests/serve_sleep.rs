@@ -110,11 +110,25 @@ fn rss(pid: u32) -> u64 {
 }
 
 async fn scores(client: &reqwest::Client, url: &str, texts: &[&str]) -> Vec<Value> {
-    let body = json!({"conversations": texts.iter().map(|t| record(t)).collect::<Vec<_>>()});
+    scores_with(client, url, texts, true).await
+}
+
+/// With `prefix_cache: false` the request neither reads nor fills the prefix cache.
+async fn scores_with(client: &reqwest::Client, url: &str, texts: &[&str], prefix_cache: bool) -> Vec<Value> {
+    let body = json!({
+        "conversations": texts.iter().map(|t| record(t)).collect::<Vec<_>>(),
+        "prefix_cache": prefix_cache,
+    });
     let response = client.post(format!("{url}/v1/rewards")).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
     answer["results"].as_array().unwrap().iter().map(|r| r["turns"].clone()).collect()
+}
+
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+    line.unwrap_or_else(|| panic!("no {name} in {text}")).split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 async fn post(client: &reqwest::Client, url: &str) -> Value {
@@ -146,6 +160,8 @@ async fn level_two_gives_the_weights_memory_back_and_the_wake_scores_the_same() 
     let texts = ["4.", "It is 4, since 2 + 2 = 4.", "Five."];
     let before = scores(&client, &url, &texts).await;
     let awake = rss(pid);
+    let cached = metric(&client, &url, "reward_worker_prefix_cache_bytes").await;
+    assert!(cached > 0.0, "the first request fills the prefix cache");
 
     let slept = post(&client, &format!("{url}/sleep")).await; // --sleep-level 2
     assert_eq!((slept["is_sleeping"].clone(), slept["level"].clone()), (json!(true), json!(2)), "{slept}");
@@ -158,6 +174,10 @@ async fn level_two_gives_the_weights_memory_back_and_the_wake_scores_the_same() 
     assert_eq!(ready["sleeping"], json!(true));
     let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "reward_worker_sleeping 2"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "reward_worker_prefix_cache_bytes 0"),
+        "a sleep drops the prefix cache: {metrics}"
+    );
 
     // A request sent now waits, and is answered after the wake.
     let pending = tokio::spawn({
@@ -170,7 +190,12 @@ async fn level_two_gives_the_weights_memory_back_and_the_wake_scores_the_same() 
     assert_eq!(woke["is_sleeping"], json!(false), "{woke}");
     let waited = pending.await.unwrap();
     let woken = rss(pid);
-    let after = scores(&client, &url, &texts).await;
+    // The request that waited read nothing from the prefix cache (the sleep
+    // dropped it; had the index kept entries the ranks no longer hold, it
+    // would have failed), so it is the first request's computation again. A
+    // request that reads cached keys and values sums in another order, so
+    // the comparison after the wake leaves the cache out.
+    let after = scores_with(&client, &url, &texts, false).await;
 
     let mb = |b: u64| b as f64 / 1e6;
     println!(

@@ -10,9 +10,13 @@
 //! Useful tokens count every scored prefix as if it were scored alone (what a
 //! client asks for). Every answer is checked against `score`'s numbers, and
 //! the count of answers must equal the count of requests.
+//!
+//! Then the streaming workloads (f) and (g) ([`streaming`]), each through the
+//! service with the prefix cache off and on (`--streaming-only` runs just them).
 
 mod model;
 mod peer;
+mod streaming;
 mod workload;
 
 use clap::Parser;
@@ -69,6 +73,28 @@ struct Args {
     /// Write the workload as JSONL (for `reward-worker score` / `bench`) and exit.
     #[arg(long)]
     dump_workload: Option<PathBuf>,
+    /// Run only the streaming workloads (f) and (g).
+    #[arg(long)]
+    streaming_only: bool,
+    /// (f): GRPO groups whose responses arrive one by one.
+    #[arg(long, default_value_t = 6)]
+    stream_groups: usize,
+    /// (f): seconds over which the responses arrive (default: `--stream-batches`
+    /// batch durations).
+    #[arg(long)]
+    stream_window: Option<f64>,
+    /// (f): the arrival window in batch durations (the time the cache-off
+    /// engine takes for a full batch of `--batch-tokens`).
+    #[arg(long, default_value_t = 5.0)]
+    stream_batches: f64,
+    /// (g): conversations, and the assistant turns each grows to.
+    #[arg(long, default_value_t = 16)]
+    rollouts: usize,
+    #[arg(long, default_value_t = 6)]
+    rollout_turns: usize,
+    /// The prefix cache's bound in the cache-on runs.
+    #[arg(long, default_value_t = 1 << 30)]
+    prefix_cache_bytes: usize,
 }
 
 /// A line of the results table.
@@ -117,6 +143,10 @@ fn main() -> anyhow::Result<()> {
     let dtype = args.dtype.resolve(device).0;
     let load = || Scorer::load(&ModelSource::Dir(dir.clone()), dtype, device);
     let scorer = load()?;
+    if args.streaming_only {
+        println!("{}", machine());
+        return run_streaming(&scorer, &load, &args);
+    }
     let records = workload::requests(&scorer.preparer(), args.groups, args.group_size, args.conversations, args.seed);
     if let Some(path) = &args.dump_workload {
         std::fs::write(path, records.iter().map(|r| format!("{r}\n")).collect::<String>())?;
@@ -136,9 +166,12 @@ fn main() -> anyhow::Result<()> {
     // engine and the peer: on this project's machine libtorch ran the same call
     // about 2x slower on the process's main thread, which would flatter the service.
     let (base_seconds, prepared, base_raw, base_stats) = {
-        let (records, budget) = (records.clone(), args.batch_tokens);
+        let (records, budget, cache) = (records.clone(), args.batch_tokens, args.prefix_cache_bytes);
         std::thread::spawn(move || {
+            // each call from an empty prefix cache, as one `reward-worker score` run
+            scorer.set_prefix_cache_bytes(cache);
             let _warm = score_all(&scorer, &records, budget);
+            scorer.set_prefix_cache_bytes(cache);
             score_all(&scorer, &records, budget)
         })
         .join()
@@ -154,7 +187,9 @@ fn main() -> anyhow::Result<()> {
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (service, metrics) = runtime.block_on(run_service(load()?, &records, &args))?;
+    let service_scorer = load()?;
+    service_scorer.set_prefix_cache_bytes(args.prefix_cache_bytes);
+    let (service, metrics) = runtime.block_on(run_service(service_scorer, &records, &args))?;
     let peer = peer::PythonPeer::start(&dir, dtype, &args.device, tch::get_num_threads(), args.peer_micro_batch)?;
     let (padded, peer_stats) = runtime.block_on(run_peer(&peer, &records, args.clients))?;
     drop(peer);
@@ -245,7 +280,137 @@ fn main() -> anyhow::Result<()> {
         lost == 0 && mismatches(&service, &base_raw, tolerance(dtype)) == 0,
         "the service lost or mis-scored requests"
     );
+    run_streaming(&load()?, &load, &args)
+}
+
+/// (f) and (g), each with the prefix cache off, then on, through the service.
+fn run_streaming(
+    scorer: &Scorer,
+    load: &dyn Fn() -> Result<Scorer, reward_worker::model::ModelError>,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let preparer = scorer.preparer();
+    // The (f) window: `--stream-batches` batch durations, a batch duration
+    // being the cache-off engine's time for a full batch of `--batch-tokens`
+    // (measured on the records in one call, the second of two).
+    let (f_records, _) = streaming::grpo_arrivals(&preparer, args.stream_groups, args.group_size, 1.0, args.seed);
+    let all: Vec<PreparedRecord> =
+        f_records.iter().map(|r| preparer.prepare(r, ScoreOptions::default()).expect("valid")).collect();
+    let refs: Vec<&PreparedRecord> = all.iter().collect();
+    let _ = scorer.score_with_stats(&refs, args.batch_tokens); // warm-up
+    let started = Instant::now();
+    let (_, one_call) = scorer.score_with_stats(&refs, args.batch_tokens);
+    let per_batch = started.elapsed().as_secs_f64() * args.batch_tokens as f64 / one_call.tokens_computed.max(1) as f64;
+    let window = args.stream_window.unwrap_or(args.stream_batches * per_batch);
+    let (f_records, f_at) = streaming::grpo_arrivals(&preparer, args.stream_groups, args.group_size, window, args.seed);
+    let g_steps = streaming::growing(&preparer, args.rollouts, args.rollout_turns, args.seed);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!(
+        "\nstreaming: (f) {} GRPO groups x {}, arriving over {window:.1} s ({:.1} batch durations of {per_batch:.2} s); (g) {} conversations growing to {} turns; \
+         prefix cache {} bytes when on; batch tokens {}",
+        args.stream_groups,
+        args.group_size,
+        window / per_batch,
+        args.rollouts,
+        args.rollout_turns,
+        args.prefix_cache_bytes,
+        args.batch_tokens
+    );
+    println!("\n| workload | cache | useful tok/s | p50 ms | p99 ms | tokens computed | unique tokens | computed / unique | hit rate | cache bytes / bound | peak RSS MiB | answered / sent |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut report = Vec::new();
+    for (name, records) in [
+        ("(f) GRPO, responses arriving one by one", f_records.iter().collect::<Vec<_>>()),
+        ("(g) growing multi-turn", g_steps.iter().flatten().collect()),
+    ] {
+        let useful = streaming::useful_tokens(&preparer, &records);
+        let unique = streaming::unique_tokens(&preparer, &records);
+        let mut rates = Vec::new();
+        for cache in [0, args.prefix_cache_bytes] {
+            let scorer = load()?;
+            scorer.set_prefix_cache_bytes(cache);
+            let bound = scorer.prefix_cache_stats().bound_bytes;
+            let (run, c, held, peak) = runtime.block_on(serve_stream(scorer, args, |client, url| {
+                let (client, url) = (client.clone(), url.to_string());
+                let (f_records, f_at, g_steps) = (f_records.clone(), f_at.clone(), g_steps.clone());
+                let f = name.starts_with("(f)");
+                Box::pin(async move {
+                    if f {
+                        streaming::drive_arrivals(&client, &url, &f_records, &f_at).await
+                    } else {
+                        streaming::drive_growing(&client, &url, &g_steps).await
+                    }
+                })
+            }))?;
+            let rate = useful as f64 / run.seconds;
+            rates.push(rate);
+            let hit = c.hit as f64 / (c.hit + c.computed).max(1) as f64;
+            let (p50, p99) = (percentile(&run.latencies, 0.5), percentile(&run.latencies, 0.99));
+            let label = if cache == 0 { "off" } else { "on" };
+            println!(
+                "| {name} | {label} | {rate:.0} | {:.0} | {:.0} | {} | {unique} | {:.2} | {hit:.2} | {held} / {bound} | {:.0} | {} / {} |",
+                p50 * 1e3,
+                p99 * 1e3,
+                c.computed,
+                c.computed as f64 / unique as f64,
+                peak as f64 / (1 << 20) as f64,
+                records.len() - run.failures,
+                records.len()
+            );
+            report.push(json!({"workload": name, "cache": label, "useful_tokens_per_s": rate, "p50_s": p50, "p99_s": p99,
+                               "tokens_computed": c.computed, "unique_tokens": unique, "hit_rate": hit, "cache_bytes": held,
+                               "bound_bytes": bound, "peak_rss_bytes": peak, "failed": run.failures, "sent": records.len()}));
+            anyhow::ensure!(run.failures == 0, "{name}, cache {label}: {} requests failed", run.failures);
+        }
+        println!("| {name} | on / off | {:.2}x | | | | | | | | | |", rates[1] / rates[0]);
+    }
+    println!("{}", json!({"streaming": report}));
     Ok(())
+}
+
+type Drive = std::pin::Pin<Box<dyn std::future::Future<Output = streaming::StreamRun> + Send>>;
+
+/// Serve `scorer` in-process and run `drive(client, rewards url)` against it:
+/// the run, the counters over it, the cache's bytes after it and the peak RSS.
+async fn serve_stream(
+    scorer: Scorer,
+    args: &Args,
+    drive: impl Fn(&reqwest::Client, &str) -> Drive,
+) -> anyhow::Result<(streaming::StreamRun, Counters, usize, usize)> {
+    let pipeline = RewardPipeline::new(RewardConfig::default(), PresetBook::builtin())?;
+    let mut config = ServeConfig::new(pipeline);
+    config.queue = QueueConfig { batch_tokens: args.batch_tokens, queue_limit: 4096, prepare_threads: 2 };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(
+        scorer,
+        vec![Listener::Tcp(listener)],
+        async move {
+            let _ = stopped.await;
+        },
+        config,
+    ));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    // warm-up on a record of its own (its prompt is in no workload)
+    let warm = json!({"messages": [{"role": "user", "content": "warm up"}, {"role": "assistant", "content": "ok"}]});
+    client.post(format!("{url}/v1/rewards")).json(&json!({"conversations": [warm]})).send().await?;
+    let before = counters(&client, &url).await?;
+    streaming::reset_peak_memory();
+    let run = drive(&client, &format!("{url}/v1/rewards")).await;
+    let peak = streaming::peak_memory();
+    let after = counters(&client, &url).await?;
+    let _ = stop.send(());
+    server.await??;
+    let delta = Counters {
+        requested: after.requested - before.requested,
+        computed: after.computed - before.computed,
+        batches: after.batches - before.batches,
+        hit: after.hit - before.hit,
+        held: after.held,
+    };
+    let held = delta.held;
+    Ok((run, delta, held, peak))
 }
 
 /// What `score` did: seconds, the prepared records, raw scores per turn, and
@@ -270,6 +435,9 @@ struct Counters {
     requested: usize,
     computed: usize,
     batches: usize,
+    /// Tokens read from the prefix cache, and the bytes it holds.
+    hit: usize,
+    held: usize,
 }
 
 async fn run_service(scorer: Scorer, records: &[Value], args: &Args) -> anyhow::Result<(Run, Counters)> {
@@ -302,6 +470,8 @@ async fn run_service(scorer: Scorer, records: &[Value], args: &Args) -> anyhow::
         requested: after.requested - before.requested,
         computed: after.computed - before.computed,
         batches: after.batches - before.batches,
+        hit: after.hit - before.hit,
+        held: after.held,
     };
     Ok((run, delta))
 }
@@ -397,6 +567,8 @@ async fn counters(client: &reqwest::Client, url: &str) -> anyhow::Result<Counter
         requested: value("reward_worker_batch_tokens_requested_total "),
         computed: value("reward_worker_batch_tokens_computed_total "),
         batches: value("reward_worker_forward_batches_total "),
+        hit: value("reward_worker_prefix_cache_hit_tokens_total "),
+        held: value("reward_worker_prefix_cache_bytes "),
     })
 }
 

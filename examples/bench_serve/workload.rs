@@ -105,7 +105,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// Text of about `tokens` tokens (`per_word` measured on this tokenizer).
-fn text(rng: &mut Rng, tokens: usize, per_word: f64) -> String {
+pub fn text(rng: &mut Rng, tokens: usize, per_word: f64) -> String {
     let words = ((tokens as f64 / per_word).round() as usize).max(1);
     let mut out = String::new();
     for i in 0..words {
@@ -118,7 +118,7 @@ fn text(rng: &mut Rng, tokens: usize, per_word: f64) -> String {
 }
 
 /// Tokens per word of this tokenizer on the word list.
-fn tokens_per_word(preparer: &Preparer) -> f64 {
+pub fn tokens_per_word(preparer: &Preparer) -> f64 {
     let mut rng = Rng::new(99);
     let sample = text(&mut rng, 4000, 1.0);
     let ids = preparer.tokenizer.encode(&sample).expect("the sample tokenises");

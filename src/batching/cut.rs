@@ -19,6 +19,9 @@ pub struct PlannedBatch {
     pub layout: BatchLayout,
     /// The read-out of each of the layout's probe rows, in order.
     pub readouts: Vec<ReadoutId>,
+    /// The tree nodes it holds, depth-first, closed under ancestors (the root
+    /// excluded): what [`super::prefix_cache`] lays out again with the cache.
+    pub nodes: Vec<usize>,
 }
 
 impl PrefixTree {
@@ -29,7 +32,7 @@ impl PrefixTree {
         // Children always come after their parent in `nodes`, except across a
         // split (the head is pushed after the tail): sum in reverse DFS order.
         for &n in self.dfs_order().iter().rev() {
-            sizes[n] += self.nodes[n].tokens.len();
+            sizes[n] += self.cost(n);
             if n != 0 {
                 sizes[self.nodes[n].parent] += sizes[n];
             }
@@ -48,6 +51,15 @@ impl PrefixTree {
             cut.batches.push(last.finish(self));
         }
         cut.batches
+    }
+
+    /// Tokens a batch computes for node `n`: none when the prefix cache has them.
+    pub(super) fn cost(&self, n: usize) -> usize {
+        if self.nodes[n].free {
+            0
+        } else {
+            self.nodes[n].tokens.len()
+        }
     }
 
     /// Node ids in depth-first preorder (children in insertion order), root first.
@@ -109,7 +121,7 @@ impl Cut<'_> {
     }
 
     fn len(&self, node: usize) -> usize {
-        self.tree.nodes[node].tokens.len()
+        self.tree.cost(node)
     }
 
     /// Tokens of `path` not yet in the current batch.
@@ -185,6 +197,6 @@ impl Builder {
             layout.segments[s].end = rows;
         }
         layout.probe_rows = self.readouts.iter().map(|r| last_row[r]).collect();
-        PlannedBatch { layout, readouts: self.readouts }
+        PlannedBatch { layout, readouts: self.readouts, nodes: self.nodes }
     }
 }

@@ -30,6 +30,8 @@ pub(super) struct Node {
     pub(super) children: Vec<usize>,
     by_token: HashMap<i64, usize>,
     pub(super) readout: bool,
+    /// Its keys and values are in the prefix cache: it costs a batch nothing.
+    pub(super) free: bool,
 }
 
 /// A radix tree of token paths. Node 0 is the empty root.
@@ -47,8 +49,15 @@ impl Default for PrefixTree {
 
 impl PrefixTree {
     pub fn new() -> PrefixTree {
-        let root =
-            Node { tokens: vec![], depth: 0, parent: 0, children: vec![], by_token: HashMap::new(), readout: false };
+        let root = Node {
+            tokens: vec![],
+            depth: 0,
+            parent: 0,
+            children: vec![],
+            by_token: HashMap::new(),
+            readout: false,
+            free: false,
+        };
         PrefixTree { nodes: vec![root], tokens: 0 }
     }
 
@@ -84,14 +93,16 @@ impl PrefixTree {
         self.tokens += tokens.len();
         self.nodes[parent].by_token.insert(tokens[0], id);
         self.nodes[parent].children.push(id);
-        self.nodes.push(Node { tokens, depth, parent, children: vec![], by_token: HashMap::new(), readout: false });
+        let node =
+            Node { tokens, depth, parent, children: vec![], by_token: HashMap::new(), readout: false, free: false };
+        self.nodes.push(node);
         id
     }
 
     /// Cut `node` after its first `at` tokens: a new node takes the head and
     /// becomes its parent; `node` keeps the tail, its children and its read-out,
     /// so read-out ids never change. Returns the head.
-    fn split(&mut self, node: usize, at: usize) -> usize {
+    pub(super) fn split(&mut self, node: usize, at: usize) -> usize {
         let head_id = self.nodes.len();
         let n = &mut self.nodes[node];
         let tail = n.tokens.split_off(at);
@@ -102,6 +113,7 @@ impl PrefixTree {
             children: vec![node],
             by_token: HashMap::from([(n.tokens[0], node)]),
             readout: false,
+            free: n.free,
         };
         n.depth += at;
         n.parent = head_id;
@@ -116,6 +128,11 @@ impl PrefixTree {
     /// Tokens in the tree: what one batch holding all of it computes.
     pub fn tokens(&self) -> usize {
         self.tokens
+    }
+
+    /// Tokens of the nodes the prefix cache holds (see [`super::prefix_cache`]).
+    pub fn free_tokens(&self) -> usize {
+        self.nodes.iter().filter(|n| n.free).map(|n| n.tokens.len()).sum()
     }
 }
 

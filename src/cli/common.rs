@@ -81,6 +81,16 @@ pub struct ModelArgs {
     /// Render each record's own system text instead of the SteerLM system prompt.
     #[arg(long)]
     pub use_record_system: bool,
+    /// Bytes of keys and values kept across batches and requests (the whole
+    /// model's; each rank holds its slice), e.g. `2GiB`; `0` turns the prefix
+    /// cache off. Default: an eighth of the machine's memory, at most 4 GiB, on
+    /// the CPU; 8 GiB on CUDA.
+    #[arg(long, value_parser = byte_size)]
+    pub prefix_cache_bytes: Option<usize>,
+    /// Score records apart from the prefix cache unless a request asks for it
+    /// (`"prefix_cache": true`).
+    #[arg(long)]
+    pub bypass_prefix_cache: bool,
 }
 
 impl ModelArgs {
@@ -123,6 +133,17 @@ impl ModelArgs {
         };
         tracing::info!(model = %scorer.name, dtype = dtype.name(), backend = %scorer.describe(),
                        seconds = started.elapsed().as_secs_f64(), "model loaded");
+        let cache_bytes = self.prefix_cache_bytes.unwrap_or_else(|| default_prefix_cache_bytes(device));
+        scorer.set_prefix_cache_bytes(cache_bytes);
+        let stats = scorer.prefix_cache_stats();
+        tracing::info!(
+            bytes = cache_bytes,
+            bytes_per_token = stats.bytes_per_token,
+            tokens = cache_bytes / stats.bytes_per_token.max(1),
+            default = self.prefix_cache_bytes.is_none(),
+            "prefix cache {}",
+            if cache_bytes >= stats.bytes_per_token { "on" } else { "off" }
+        );
         Ok(scorer)
     }
 
@@ -141,7 +162,11 @@ impl ModelArgs {
     }
 
     pub fn options(&self) -> ScoreOptions {
-        ScoreOptions { truncate: self.truncate, use_record_system: self.use_record_system }
+        ScoreOptions {
+            truncate: self.truncate,
+            use_record_system: self.use_record_system,
+            bypass_prefix_cache: self.bypass_prefix_cache,
+        }
     }
 
     /// The model's context (`max_position_embeddings`), from its `config.json`
@@ -164,6 +189,46 @@ impl ModelArgs {
         let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
         entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()
     }
+}
+
+/// The prefix cache's default bound: an eighth of the machine's memory, at
+/// most 4 GiB, on the CPU (it lives beside the weights in RAM); 8 GiB on CUDA
+/// (about a tenth of an 80 GB device, a seventeenth of a 141 GB one).
+pub fn default_prefix_cache_bytes(device: tch::Device) -> usize {
+    const GIB: usize = 1 << 30;
+    match device {
+        tch::Device::Cpu => (physical_memory() / 8).min(4 * GIB),
+        _ => 8 * GIB,
+    }
+}
+
+fn physical_memory() -> usize {
+    // SAFETY: sysinfo writes into the struct it is given and nothing else.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return 8 << 30;
+    }
+    info.totalram as usize * info.mem_unit.max(1) as usize
+}
+
+/// A byte count: digits with an optional `K`/`M`/`G` (powers of 1000) or
+/// `KiB`/`MiB`/`GiB` (powers of 1024) suffix.
+pub fn byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("`{other}` is not a byte unit (K, M, G, KiB, MiB, GiB)")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("`{text}` is not a number of bytes"))?;
+    n.checked_mul(scale).ok_or_else(|| format!("`{text}` bytes is too large"))
 }
 
 /// The byte limit of an input line.

@@ -43,6 +43,12 @@ pub trait Forward: Send {
     fn wake(&mut self) -> Result<(), ModelError> {
         Err(ModelError::Device(format!("this backend ({}) cannot sleep", self.describe())))
     }
+
+    /// The element type of the keys and values its prefix cache keeps (what
+    /// the cache's byte bound counts).
+    fn kv_kind(&self) -> tch::Kind {
+        tch::Kind::Float
+    }
 }
 
 /// One rank holding the whole model.
@@ -71,5 +77,9 @@ impl Forward for LocalModel {
             other => format!("{other:?}"),
         };
         format!("{device}, {:?}, tp=1, pp=1", self.model.kind)
+    }
+
+    fn kv_kind(&self) -> tch::Kind {
+        crate::model::attention::attention_kind_of(self.model.kind, self.model.device)
     }
 }

@@ -19,11 +19,12 @@ pub use sleep::{ReloadableModel, SleepLevel};
 pub use source::ModelSource;
 
 use serde_json::Value;
+use std::cell::{Ref, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tch::Device;
 
-use crate::batching::{PrefixTree, ReadoutId};
+use crate::batching::{CacheStats, PrefixCache, PrefixTree, ReadoutId};
 use crate::chat::RecordError;
 use crate::model::flops::forward_flops;
 use crate::model::{BatchLayout, Config, DType, ModelError, NemotronRewardModel};
@@ -57,6 +58,8 @@ pub struct ScoreStats {
     pub tokens_requested: usize,
     /// Tokens the forward passes computed.
     pub tokens_computed: usize,
+    /// Tokens the forward passes read from the prefix cache instead.
+    pub tokens_cached: usize,
     /// Forward batches.
     pub batches: usize,
     /// Floating-point operations of the forward passes ([`crate::model::flops`]).
@@ -69,6 +72,10 @@ pub struct Scorer {
     backend: Box<dyn Forward>,
     pub config: Config,
     pub name: String,
+    /// What the ranks keep across batches ([`crate::batching::prefix_cache`]);
+    /// off until [`Scorer::set_prefix_cache_bytes`]. A call nested in another
+    /// (the scheduler's `between`) finds it borrowed and runs without it.
+    cache: RefCell<PrefixCache>,
 }
 
 impl Scorer {
@@ -93,7 +100,28 @@ impl Scorer {
             context: config.max_position_embeddings as usize,
             vocab_size: config.vocab_size as usize,
         };
-        Scorer { preparer: Arc::new(preparer), backend, config, name }
+        let cache = RefCell::new(PrefixCache::new(0, kv_bytes_per_token(&config, backend.as_ref())));
+        Scorer { preparer: Arc::new(preparer), backend, config, name, cache }
+    }
+
+    /// Keys and values of one token, every layer and kv head, as the ranks keep
+    /// them (the attention dtype).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        kv_bytes_per_token(&self.config, self.backend.as_ref())
+    }
+
+    /// Bound the prefix cache to `bytes` of keys and values (the whole model's:
+    /// each rank holds its slice of it); `0` turns it off. Whatever was kept is
+    /// dropped.
+    pub fn set_prefix_cache_bytes(&self, bytes: usize) {
+        let mut cache = self.cache.borrow_mut();
+        *cache = PrefixCache::new(bytes, self.kv_bytes_per_token());
+        cache.invalidate();
+    }
+
+    /// The prefix cache's counters (zeros while a call holds it).
+    pub fn prefix_cache_stats(&self) -> CacheStats {
+        self.cache.try_borrow().map(|c| c.stats()).unwrap_or_default()
     }
 
     /// The tokenizer side, for threads that prepare records while this one scores.
@@ -154,6 +182,45 @@ impl Scorer {
         wanted: &dyn Fn(usize) -> bool,
         between: &mut dyn FnMut(),
     ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
+        let bypass: Vec<usize> = (0..records.len()).filter(|&r| records[r].bypass_cache).collect();
+        if bypass.is_empty() || bypass.len() == records.len() {
+            return self.score_part(records, batch_tokens, wanted, between, bypass.is_empty());
+        }
+        // Records that bypass the cache are scored apart, after the others.
+        let cached: Vec<usize> = (0..records.len()).filter(|&r| !records[r].bypass_cache).collect();
+        let mut results: Vec<Option<Result<RecordScores, RecordError>>> = vec![None; records.len()];
+        let mut stats = ScoreStats::default();
+        for (part, use_cache) in [(cached, true), (bypass, false)] {
+            let recs: Vec<&PreparedRecord> = part.iter().map(|&r| records[r]).collect();
+            let (got, s) = self.score_part(&recs, batch_tokens, &|r| wanted(part[r]), between, use_cache);
+            for (&r, result) in part.iter().zip(got) {
+                results[r] = Some(result);
+            }
+            stats.tokens_requested += s.tokens_requested;
+            stats.tokens_computed += s.tokens_computed;
+            stats.tokens_cached += s.tokens_cached;
+            stats.batches += s.batches;
+            stats.flops += s.flops;
+        }
+        (results.into_iter().map(|r| r.expect("every record is in one part")).collect(), stats)
+    }
+
+    /// [`Scorer::score_while`] over records that all use the prefix cache, or
+    /// none of them. Nodes the cache holds cost nothing in the plan; each batch
+    /// is laid out against the cache just before it runs, so it also reads what
+    /// the batches before it kept, and a batch that is skipped keeps nothing.
+    fn score_part(
+        &self,
+        records: &[&PreparedRecord],
+        batch_tokens: usize,
+        wanted: &dyn Fn(usize) -> bool,
+        between: &mut dyn FnMut(),
+        use_cache: bool,
+    ) -> (Vec<Result<RecordScores, RecordError>>, ScoreStats) {
+        let mut cache = match use_cache {
+            true => self.cache.try_borrow_mut().ok().filter(|c| c.enabled()),
+            false => None,
+        };
         let mut tree = PrefixTree::new();
         // Who reads each read-out: (record, turn, truncated).
         let mut readers: HashMap<ReadoutId, Vec<(usize, usize, bool)>> = HashMap::new();
@@ -164,6 +231,7 @@ impl Scorer {
                 }
             }
         }
+        let pins = cache.as_mut().map(|c| c.cover(&mut tree));
         let budget = (batch_tokens / self.backend.micro_batches().max(1)).max(1);
         let planned = tree.plan(budget);
         let mut stats =
@@ -190,12 +258,36 @@ impl Scorer {
             if live.is_empty() {
                 continue;
             }
-            let layouts: Vec<BatchLayout> = live.iter().map(|b| b.layout.clone()).collect();
+            let layouts: Vec<BatchLayout> = live
+                .iter()
+                .map(|b| match cache.as_mut() {
+                    Some(c) => {
+                        let (layout, hits) = c.lay_out(&tree, b);
+                        stats.tokens_cached += hits;
+                        layout
+                    }
+                    None => b.layout.clone(),
+                })
+                .collect();
             stats.tokens_computed += layouts.iter().map(BatchLayout::rows).sum::<usize>();
             stats.batches += layouts.len();
             stats.flops += layouts.iter().map(|l| forward_flops(&self.config, l)).sum::<f64>();
-            results.extend(live.into_iter().zip(self.backend.forward(&layouts)));
+            let outcomes = self.backend.forward(&layouts);
+            if let Some(c) = cache.as_mut() {
+                // What a failed batch was to keep may be missing or partial on some
+                // rank: start again from nothing.
+                let kept =
+                    outcomes.iter().zip(&live).all(|(o, b)| o.as_ref().is_ok_and(|s| s.len() == b.readouts.len()));
+                if !kept || !self.backend.healthy() {
+                    c.invalidate();
+                }
+            }
+            results.extend(live.into_iter().zip(outcomes));
         }
+        if let (Some(c), Some(pins)) = (cache.as_mut(), pins) {
+            c.release(pins);
+        }
+        drop(cache);
         for (batch, result) in results {
             let readers_of = batch.readouts.iter().flat_map(|id| readers[id].iter().map(move |&who| (id, who)));
             match result {
@@ -240,21 +332,47 @@ impl Scorer {
 
 /// Tokens a set of records computes together, shared prefixes once, grown
 /// record by record: what a scheduler fills a batch by, so that requests that
-/// share a prompt are charged for what they add.
+/// share a prompt are charged for what they add. From [`Scorer::shared_tokens`],
+/// what the prefix cache holds is not charged either.
 #[derive(Default)]
-pub struct SharedTokens {
+pub struct SharedTokens<'a> {
     tree: PrefixTree,
+    /// The cached part of every path added.
+    cached: PrefixTree,
+    cache: Option<Ref<'a, PrefixCache>>,
 }
 
-impl SharedTokens {
+impl SharedTokens<'_> {
     /// Add `record`; returns the tokens it adds to the set.
     pub fn add(&mut self, record: &PreparedRecord) -> usize {
-        let before = self.tree.tokens();
+        let before = self.tree.tokens() - self.cached.tokens();
         for seq in &record.sequences {
             self.tree.insert_sequence(&seq.tokens, &seq.probes);
+            let Some(cache) = self.cache.as_ref().filter(|_| !record.bypass_cache) else { continue };
+            for &(probe, prefix) in &seq.probes {
+                let path: Vec<i64> = seq.tokens[..prefix as usize].iter().copied().chain([probe]).collect();
+                // The read-out token is always computed.
+                let hit = cache.cached_prefix(&path).min(path.len() - 1);
+                if hit > 0 {
+                    self.cached.insert(&path[..hit - 1], path[hit - 1]);
+                }
+            }
         }
-        self.tree.tokens() - before
+        (self.tree.tokens() - self.cached.tokens()).saturating_sub(before)
     }
+}
+
+impl Scorer {
+    /// A [`SharedTokens`] that knows what the prefix cache holds now (a plain
+    /// one while a call holds the cache).
+    pub fn shared_tokens(&self) -> SharedTokens<'_> {
+        let cache = self.cache.try_borrow().ok().filter(|c| c.enabled());
+        SharedTokens { cache, ..SharedTokens::default() }
+    }
+}
+
+fn kv_bytes_per_token(c: &Config, backend: &dyn Forward) -> usize {
+    (c.num_layers * 2 * c.num_kv_heads * c.head_dim) as usize * backend.kv_kind().elt_size_in_bytes()
 }
 
 /// The tokenizer must not produce ids past the embedding table.

@@ -13,12 +13,16 @@ pub struct ScoreOptions {
     pub truncate: Truncate,
     /// Render the record's own system text instead of the SteerLM constant.
     pub use_record_system: bool,
+    /// Neither read nor fill the prefix cache for these records.
+    pub bypass_prefix_cache: bool,
 }
 
 /// A record ready for the model.
 #[derive(Debug, Clone)]
 pub struct PreparedRecord {
     pub sequences: Vec<Sequence>,
+    /// Scored apart from the prefix cache (a request's `"prefix_cache": false`).
+    pub bypass_cache: bool,
 }
 
 impl PreparedRecord {
@@ -62,7 +66,7 @@ impl Preparer {
             self.context,
             opts.truncate,
         )?;
-        Ok(PreparedRecord { sequences })
+        Ok(PreparedRecord { sequences, bypass_cache: opts.bypass_prefix_cache })
     }
 
     /// A text already rendered by the client (KServe `sentences`, OpenRLHF
@@ -92,7 +96,7 @@ impl Preparer {
         }
         let probe = (last, prefix.len() as i64);
         let seq = Sequence { tokens: prefix.to_vec(), probes: vec![probe], turns: vec![0], truncated: false };
-        Ok(PreparedRecord { sequences: vec![seq] })
+        Ok(PreparedRecord { sequences: vec![seq], bypass_cache: false })
     }
 
     fn encode(&self, text: &str) -> Result<Vec<i64>, RecordError> {

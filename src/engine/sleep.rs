@@ -125,6 +125,10 @@ impl Scorer {
     /// asleep at that level or deeper: nothing to do; at level 1 asked for 2:
     /// the host copy is dropped too.
     pub fn sleep(&mut self, level: SleepLevel) -> Result<(), ModelError> {
+        // The ranks drop their prefix cache's keys and values at either level;
+        // forget the index of them (and tell the ranks again with the next
+        // batch, should one have kept anything).
+        self.cache.get_mut().invalidate();
         self.backend.sleep(level)
     }
 

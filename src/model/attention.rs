@@ -65,8 +65,18 @@ impl Attention {
     }
 
     /// Attention output before o_proj's all-reduce: `[T, hidden]` partial sums, or
-    /// `[probes, hidden]` when only the read-out rows are needed (the last layer).
-    pub fn forward(&self, x: &Tensor, rotary: &Rotary, batch: &PackedBatch, rows: Rows) -> Result<Tensor, ModelError> {
+    /// `[probes, hidden]` when only the read-out rows are needed (the last layer);
+    /// and the batch's keys and values `[T, kv_heads, d]` (what the prefix cache
+    /// keeps). `cached` holds the keys and values of each of the batch's cached
+    /// reads ([`PackedBatch::cache`]), ancestors of the rows below them.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        batch: &PackedBatch,
+        rows: Rows,
+        cached: &[(Tensor, Tensor)],
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let (t, d) = (x.size()[0], self.head_dim);
         let kind = attention_kind(x);
         let k = rotary.apply(&x.f_linear::<&Tensor>(&self.k, None)?.f_view([t, self.kv_heads, d])?).f_to_kind(kind)?;
@@ -76,18 +86,18 @@ impl Attention {
             Rows::All => {
                 let q =
                     rotary.apply(&x.f_linear::<&Tensor>(&self.q, None)?.f_view([t, self.heads, d])?).f_to_kind(kind)?;
-                all_rows(&q, keys, batch)?
+                all_rows(&q, keys, batch, cached)?
             }
             Rows::Probes => {
                 let xp = x.f_index_select(0, &batch.probe_rows)?;
                 let p = xp.size()[0];
                 let q = xp.f_linear::<&Tensor>(&self.q, None)?.f_view([p, self.heads, d])?;
-                probe_rows(&rotary.rows(&batch.probe_rows).apply(&q).f_to_kind(kind)?, keys, batch)?
+                probe_rows(&rotary.rows(&batch.probe_rows).apply(&q).f_to_kind(kind)?, keys, batch, cached)?
             }
         };
         let n = out.size()[0];
         let out = out.f_to_kind(x.kind())?.f_reshape([n, self.heads * d])?;
-        Ok(out.f_linear::<&Tensor>(&self.o, None)?)
+        Ok((out.f_linear::<&Tensor>(&self.o, None)?, k, v))
     }
 }
 
@@ -98,10 +108,16 @@ impl Attention {
 /// outputs, rounded before the log-sum-exp merge, moved bf16 scores past the
 /// parity bound, and its fp32 kernel was the faster of its two here.
 fn attention_kind(x: &Tensor) -> Kind {
-    match x.device() {
-        Device::Cpu if x.kind() == Kind::BFloat16 && use_cpu_flash() => Kind::BFloat16,
+    attention_kind_of(x.kind(), x.device())
+}
+
+/// [`attention_kind`] of a model of `kind` on `device`: also the element type
+/// of the keys and values the prefix cache keeps.
+pub fn attention_kind_of(kind: Kind, device: Device) -> Kind {
+    match device {
+        Device::Cpu if kind == Kind::BFloat16 && use_cpu_flash() => Kind::BFloat16,
         Device::Cpu => Kind::Float,
-        _ => x.kind(),
+        _ => kind,
     }
 }
 
@@ -160,14 +176,17 @@ impl<'a> Acc<'a> {
     /// part (`Part::Own`, causal when they are the segment's own rows) or one
     /// more merged in (`Part::Ancestor`).
     fn segment(&mut self, s: Segment, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
+        let (k, v) = (self.keys.k.f_narrow(0, s.start, s.len)?, self.keys.v.f_narrow(0, s.start, s.len)?);
+        self.part(&k, &v, first, n, part)
+    }
+
+    /// Query rows `first..first + n` attend to keys `k`, values `v` `[m, kv_heads, d]`.
+    fn part(&mut self, k: &Tensor, v: &Tensor, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
         // Queries stay bf16 on the CPU only where `attention_kind` chose cpu_flash.
         if self.q.device() == Device::Cpu && self.q.kind() == Kind::BFloat16 {
-            return self.segment_cpu_bf16(s, first, n, part);
+            return self.part_cpu_bf16(k, v, first, n, part);
         }
-        let (k, v) = (
-            as_batch(&self.keys.k.f_narrow(0, s.start, s.len)?)?,
-            as_batch(&self.keys.v.f_narrow(0, s.start, s.len)?)?,
-        );
+        let (k, v) = (as_batch(k)?, as_batch(v)?);
         let q = as_batch(&self.q.f_narrow(0, first, n)?)?;
         let (out, lse) = attend(&q, &k, &v, part == Part::OwnCausal)?;
         let (out, lse) = from_batch(&out, &lse)?;
@@ -183,16 +202,15 @@ impl<'a> Acc<'a> {
 }
 
 impl Acc<'_> {
-    /// [`Acc::segment`] in [`cpu_flash`]: the part goes straight into the
+    /// [`Acc::part`] in [`cpu_flash`]: the part goes straight into the
     /// accumulators (an ancestor's keys continue their softmax state).
-    fn segment_cpu_bf16(&mut self, s: Segment, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
+    fn part_cpu_bf16(&mut self, k: &Tensor, v: &Tensor, first: i64, n: i64, part: Part) -> Result<(), ModelError> {
         let q = self.q.f_narrow(0, first, n)?;
-        let (k, v) = (self.keys.k.f_narrow(0, s.start, s.len)?, self.keys.v.f_narrow(0, s.start, s.len)?);
         let (mut out, mut lse) = (self.out.f_narrow(0, first, n)?, self.lse.f_narrow(0, first, n)?);
         let size = q.size();
         let shape = cpu_flash::Shape {
             n: n as usize,
-            m: s.len as usize,
+            m: k.size()[0] as usize,
             heads: size[1] as usize,
             kv_heads: k.size()[1] as usize,
             d: size[2] as usize,
@@ -200,8 +218,8 @@ impl Acc<'_> {
         let threads = tch::get_num_threads().max(1) as usize;
         cpu_flash::attend(
             bf16_bits(&q)?,
-            bf16_bits(&k)?,
-            bf16_bits(&v)?,
+            bf16_bits(k)?,
+            bf16_bits(v)?,
             f32_mut(&mut out)?,
             f32_mut(&mut lse)?,
             shape,
@@ -243,8 +261,9 @@ enum Part {
     Ancestor,
 }
 
-/// Every row: own segment causally, then every ancestor's keys merged in.
-fn all_rows(q: &Tensor, keys: Keys, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+/// Every row: own segment causally, then every ancestor's keys merged in (the
+/// batch's own ancestors, then the cached ones).
+fn all_rows(q: &Tensor, keys: Keys, batch: &PackedBatch, cached: &[(Tensor, Tensor)]) -> Result<Tensor, ModelError> {
     let mut acc = Acc::new(q, keys)?;
     acc.singles(&batch.single_rows, &batch.single_rows)?;
     for &i in &batch.multi {
@@ -257,13 +276,16 @@ fn all_rows(q: &Tensor, keys: Keys, batch: &PackedBatch) -> Result<Tensor, Model
             acc.segment(*s, below.start, below.end - below.start, Part::Ancestor)?;
         }
     }
+    for (r, (k, v)) in batch.cache.reads.iter().zip(cached) {
+        acc.part(k, v, r.below_start, r.below_end - r.below_start, Part::Ancestor)?;
+    }
     Ok(acc.out)
 }
 
 /// Read-out rows only (`q` is theirs, `[probes, heads, d]`): each attends to its
 /// own segment (it is the segment's last row, so that is all of it) and merges
 /// in every ancestor's keys.
-fn probe_rows(q: &Tensor, keys: Keys, batch: &PackedBatch) -> Result<Tensor, ModelError> {
+fn probe_rows(q: &Tensor, keys: Keys, batch: &PackedBatch, cached: &[(Tensor, Tensor)]) -> Result<Tensor, ModelError> {
     let mut acc = Acc::new(q, keys)?;
     acc.singles(&batch.single_probes.0, &batch.single_probes.1)?;
     for &(i, p) in &batch.multi_probes {
@@ -272,6 +294,11 @@ fn probe_rows(q: &Tensor, keys: Keys, batch: &PackedBatch) -> Result<Tensor, Mod
     for (s, (below, _)) in batch.segments.iter().zip(&batch.probe_ranges) {
         if !below.is_empty() {
             acc.segment(*s, below.start, below.end - below.start, Part::Ancestor)?;
+        }
+    }
+    for (below, (k, v)) in batch.read_probes.iter().zip(cached) {
+        if !below.is_empty() {
+            acc.part(k, v, below.start, below.end - below.start, Part::Ancestor)?;
         }
     }
     Ok(acc.out)

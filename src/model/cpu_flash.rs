@@ -484,9 +484,8 @@ mod tests {
         let got_lse = Tensor::from_slice(&lse).view([s.n as i64, s.heads as i64]);
         // Relative to the reference's size (at least 1), as every numeric bound
         // in the tests (tests/common/close.rs): log-sum-exps here reach ~30.
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0)
-        };
+        let diff =
+            |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
         (diff(&got, &want), diff(&got_lse, &want_lse))
     }
 

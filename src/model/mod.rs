@@ -5,6 +5,7 @@ pub mod cascade;
 pub mod cpu_flash;
 pub mod embedding;
 pub mod flops;
+pub mod kv_cache;
 pub mod nemotron;
 pub mod packed;
 pub mod rope;
@@ -12,6 +13,7 @@ pub mod sleep;
 pub mod weights;
 
 pub use crate::config::{Config, DType};
+pub use kv_cache::{CacheOps, KvRead, KvStore};
 pub use nemotron::NemotronRewardModel;
 pub use packed::{BatchLayout, PackedBatch, Segment};
 pub use weights::Weights;

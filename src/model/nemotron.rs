@@ -11,11 +11,13 @@
 //! turn exactly its per-prefix score. Attention over the tree is in
 //! [`super::attention`].
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use super::attention::{Attention, Rows};
 use super::embedding::VocabEmbedding;
+use super::kv_cache::KvCache;
 use super::packed::PackedBatch;
 use super::rope::{Rotary, RotaryTable};
 use super::{Config, ModelError, Weights};
@@ -92,15 +94,16 @@ impl Layer {
         batch: &PackedBatch,
         comm: &dyn Comm,
         rows: Rows,
-    ) -> Result<Tensor, ModelError> {
-        let attn = self.attn.forward(&self.input_norm.forward(x)?, rotary, batch, rows)?;
+        cached: &[(Tensor, Tensor)],
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let (attn, k, v) = self.attn.forward(&self.input_norm.forward(x)?, rotary, batch, rows, cached)?;
         let x = match rows {
             Rows::All => x.shallow_clone(),
             Rows::Probes => x.f_index_select(0, &batch.probe_rows)?,
         };
         let x = x.f_add(&comm.all_reduce(&attn).map_err(|e| ModelError::Device(e.to_string()))?)?;
         let mlp = self.mlp.forward(&self.post_norm.forward(&x)?)?;
-        Ok(x.f_add(&comm.all_reduce(&mlp).map_err(|e| ModelError::Device(e.to_string()))?)?)
+        Ok((x.f_add(&comm.all_reduce(&mlp).map_err(|e| ModelError::Device(e.to_string()))?)?, k, v))
     }
 }
 
@@ -137,6 +140,8 @@ pub struct NemotronRewardModel {
     head: Option<(LayerNorm1P, RewardHead)>,
     rotary: RotaryTable,
     comm: Arc<dyn Comm>,
+    /// This rank's slice of the prefix cache (only this rank's thread uses it).
+    pub(super) kv: RefCell<KvCache>,
 }
 
 impl NemotronRewardModel {
@@ -194,6 +199,7 @@ impl NemotronRewardModel {
             head,
             rotary: RotaryTable::new(cfg, device),
             comm,
+            kv: RefCell::new(KvCache::default()),
         })
     }
 
@@ -213,16 +219,28 @@ impl NemotronRewardModel {
 
     /// This stage's layers over `x` (`[T, hidden]`). The model's last layer
     /// computes only the probe rows, so on the last stage the result is `[probes, hidden]`.
+    /// The batch's prefix-cache operations are applied to this rank's slice:
+    /// cached ancestors are attended to, the rows to keep are kept.
     pub fn run_layers(&self, x: &Tensor, batch: &PackedBatch) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
         let rotary = self.rotary.at(&batch.positions, self.kind);
         let last = self.config.num_layers - 1;
+        let mut kv = self.kv.borrow_mut();
+        kv.begin(&batch.cache)?;
         let mut x = x.shallow_clone();
-        for (i, layer) in self.stage.layers.clone().zip(&self.layers) {
+        for (local, (i, layer)) in self.stage.layers.clone().zip(&self.layers).enumerate() {
             let rows = if i == last { Rows::Probes } else { Rows::All };
-            x = layer.forward(&x, &rotary, batch, self.comm.as_ref(), rows)?;
+            let cached = kv.reads(&batch.cache, local)?;
+            let (y, k, v) = layer.forward(&x, &rotary, batch, self.comm.as_ref(), rows, &cached)?;
+            kv.store(&batch.cache, local, &k, &v)?;
+            x = y;
         }
         Ok(x)
+    }
+
+    /// Bytes of keys and values this rank's prefix cache holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.kv.borrow().bytes()
     }
 
     /// Last stage: final norm and reward head over the probe rows, `[probes, 9]` fp32.

@@ -16,6 +16,7 @@
 
 use tch::{Device, Tensor};
 
+use super::kv_cache::CacheOps;
 use super::ModelError;
 
 /// A run of rows of the prefix tree: own rows `start..start + len`, then its
@@ -50,6 +51,10 @@ pub struct BatchLayout {
     pub segments: Vec<Segment>,
     /// Read-out rows, ascending; the forward returns one `[9]` row per entry.
     pub probe_rows: Vec<i64>,
+    /// Ancestors whose keys and values come from the prefix cache, and what the
+    /// batch keeps there ([`super::kv_cache`]). A segment with no ancestor in
+    /// the batch starts at the position after the cached ancestors over it.
+    pub cache: CacheOps,
 }
 
 impl BatchLayout {
@@ -72,14 +77,15 @@ impl BatchLayout {
     }
 
     /// A flat buffer for a broadcast:
-    /// `[rows, segments, probes, tokens.., positions.., (start, len, end).., probe_rows..]`.
+    /// `[rows, segments, probes, tokens.., positions.., (start, len, end).., probe_rows.., cache ops..]`.
     pub fn encode(&self) -> Vec<i64> {
-        let mut out = Vec::with_capacity(3 + 2 * self.rows() + 3 * self.segments.len() + self.probes());
+        let mut out = Vec::with_capacity(3 + 2 * self.rows() + 3 * self.segments.len() + self.probes() + 4);
         out.extend([self.rows() as i64, self.segments.len() as i64, self.probes() as i64]);
         out.extend_from_slice(&self.tokens);
         out.extend_from_slice(&self.positions);
         out.extend(self.segments.iter().flat_map(|s| [s.start, s.len, s.end]));
         out.extend_from_slice(&self.probe_rows);
+        self.cache.encode(&mut out);
         out
     }
 
@@ -90,9 +96,10 @@ impl BatchLayout {
         let count = |n: i64| usize::try_from(n).map_err(|_| bad());
         let (rows, segs, probes) = (count(head[0])?, count(head[1])?, count(head[2])?);
         let total = segs.checked_mul(3).and_then(|s| s.checked_add(rows.checked_mul(2)?)?.checked_add(probes));
-        if total.and_then(|t| t.checked_add(3)) != Some(data.len()) {
+        let Some(cache_at) = total.and_then(|t| t.checked_add(3)).filter(|&t| t <= data.len()) else {
             return Err(bad());
-        }
+        };
+        let cache = CacheOps::decode(&data[cache_at..]).ok_or_else(bad)?;
         let mut rest = &data[3..];
         let mut take = |n: usize| {
             let (a, b) = rest.split_at(n);
@@ -104,6 +111,7 @@ impl BatchLayout {
             positions: take(rows).to_vec(),
             segments: take(3 * segs).chunks_exact(3).map(|s| Segment { start: s[0], len: s[1], end: s[2] }).collect(),
             probe_rows: take(probes).to_vec(),
+            cache,
         };
         layout.validate()?;
         Ok(layout)
@@ -133,7 +141,7 @@ impl BatchLayout {
                     return bad(format!("segment {i} {s:?} ends after its parent's end {end}"));
                 }
             }
-            let first = open.last().map_or(0, |&(_, last)| last + 1);
+            let first = open.last().map_or_else(|| self.cached_depth(s.start), |&(_, last)| last + 1);
             let own = &self.positions[s.start as usize..(s.start + s.len) as usize];
             if own.iter().zip(first..).any(|(&p, want)| p != want) {
                 return bad(format!("segment {i} positions do not continue from {first}"));
@@ -144,11 +152,20 @@ impl BatchLayout {
         if next != rows {
             return bad(format!("segments cover {next} of {rows} rows"));
         }
+        self.cache.validate(rows).map_err(|e| ModelError::Config(format!("invalid batch layout: {e}")))?;
         let ends: std::collections::HashSet<i64> = self.segments.iter().map(Segment::last_row).collect();
         if self.probe_rows.windows(2).any(|w| w[0] >= w[1]) || self.probe_rows.iter().any(|r| !ends.contains(r)) {
             return bad("read-out rows must be ascending segment ends".into());
         }
         Ok(())
+    }
+}
+
+impl BatchLayout {
+    /// The position after the cached ancestors of row `row` (0 without any).
+    fn cached_depth(&self, row: i64) -> i64 {
+        let over = self.cache.reads.iter().filter(|r| r.below_start <= row && row < r.below_end);
+        over.map(|r| r.depth + r.len).max().unwrap_or(0)
     }
 }
 
@@ -172,6 +189,10 @@ pub struct PackedBatch {
     pub single_probes: (Tensor, Tensor),
     /// Longer segments that end in a read-out: `(segment, read-out index)`.
     pub multi_probes: Vec<(usize, i64)>,
+    /// The prefix cache's part of the batch.
+    pub cache: CacheOps,
+    /// Per cached read: the read-out indices among the rows below it.
+    pub read_probes: Vec<std::ops::Range<i64>>,
 }
 
 impl PackedBatch {
@@ -214,6 +235,16 @@ impl PackedBatch {
             multi,
             single_probes: (on(&single_probe_idx)?, on(&single_probe_rows)?),
             multi_probes,
+            read_probes: layout
+                .cache
+                .reads
+                .iter()
+                .map(|r| {
+                    let at = |row: i64| layout.probe_rows.partition_point(|&p| p < row) as i64;
+                    at(r.below_start)..at(r.below_end)
+                })
+                .collect(),
+            cache: layout.cache.clone(),
         })
     }
 }
@@ -234,6 +265,7 @@ mod tests {
                 Segment { start: 5, len: 1, end: 6 },
             ],
             probe_rows: vec![4, 5],
+            cache: CacheOps::default(),
         }
     }
 
@@ -265,5 +297,27 @@ mod tests {
         assert_eq!(b.multi, vec![0, 1]);
         assert_eq!(Vec::<i64>::try_from(&b.single_probes.0).unwrap(), vec![0, 1]);
         assert_eq!(Vec::<i64>::try_from(&b.probe_positions).unwrap(), vec![4, 2]);
+    }
+
+    #[test]
+    fn segments_under_a_cached_ancestor_continue_its_positions() {
+        use crate::model::kv_cache::KvRead;
+        let read = KvRead { entry: 1, offset: 0, len: 3, depth: 0, below_start: 0, below_end: 2 };
+        let mut l = BatchLayout {
+            tokens: vec![5, 9],
+            positions: vec![3, 4],
+            segments: vec![Segment { start: 0, len: 1, end: 2 }, Segment { start: 1, len: 1, end: 2 }],
+            probe_rows: vec![1],
+            cache: CacheOps { reads: vec![read], ..CacheOps::default() },
+        };
+        l.validate().unwrap();
+        assert_eq!(BatchLayout::decode(&l.encode()).unwrap(), l);
+        let b = PackedBatch::new(&l, Device::Cpu).unwrap();
+        assert_eq!(b.read_probes, vec![0..1]);
+        l.positions = vec![0, 1];
+        assert!(l.validate().unwrap_err().to_string().contains("positions do not continue from 3"));
+        l.positions = vec![3, 4];
+        l.cache.reads[0].below_end = 3;
+        assert!(l.validate().unwrap_err().to_string().contains("outside a batch of 2 rows"));
     }
 }

@@ -5,6 +5,7 @@
 
 use tch::{Device, Tensor};
 
+use super::kv_cache::KvCache;
 use super::{ModelError, NemotronRewardModel};
 
 impl NemotronRewardModel {
@@ -13,11 +14,19 @@ impl NemotronRewardModel {
         self.tensors_mut().iter().map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum()
     }
 
+    /// The prefix cache's keys and values ([`super::kv_cache`]) go at either
+    /// level: they are device memory, and only valid for these weights. The
+    /// engine forgets its index of them at the same time (`Scorer::sleep`).
+    fn drop_prefix_cache(&mut self) {
+        *self.kv.get_mut() = KvCache::default();
+    }
+
     /// Level 1: every tensor to host memory, pinned when the model runs on a
     /// GPU (so that [`Self::restore`] is one DMA per tensor). On the CPU the
     /// tensors already are host memory and stay where they are. A failure
     /// (host memory exhausted) moves what was moved back, and says so.
     pub fn offload(&mut self) -> Result<(), ModelError> {
+        self.drop_prefix_cache();
         if self.device == Device::Cpu {
             return Ok(());
         }
@@ -51,6 +60,7 @@ impl NemotronRewardModel {
     /// Level 2: drop every tensor (the model keeps its shapes' bookkeeping,
     /// not its numbers); [`Self::reload`] reads them from the checkpoint again.
     pub fn release(&mut self) {
+        self.drop_prefix_cache();
         for t in self.tensors_mut() {
             // A defined, empty tensor of the same kind: the storage goes, nothing can panic on it.
             *t = Tensor::zeros([0], (t.kind(), Device::Cpu));

@@ -326,6 +326,10 @@ impl Forward for Group {
         let (tp, pp) = (self.options.layout.tp, self.options.layout.pp);
         format!("{device}, {:?}, tp={tp}, pp={pp}, {backend}", self.options.dtype.kind())
     }
+
+    fn kv_kind(&self) -> tch::Kind {
+        crate::model::attention::attention_kind_of(self.options.dtype.kind(), self.options.device)
+    }
 }
 
 impl Drop for Group {

@@ -113,6 +113,8 @@ pub struct BatchingSection {
     pub prepare_threads: Option<usize>,
     /// Default deadline of a request, in seconds.
     pub request_timeout: Option<f64>,
+    /// Bytes of keys and values kept across batches (`--prefix-cache-bytes`; 0: off).
+    pub prefix_cache_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -120,6 +122,8 @@ pub struct BatchingSection {
 pub struct ScoringSection {
     pub truncate: Option<crate::chat::Truncate>,
     pub use_record_system: Option<bool>,
+    /// `false`: requests bypass the prefix cache unless they ask for it (`--bypass-prefix-cache`).
+    pub prefix_cache: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -248,6 +252,7 @@ impl LoadedRecipe {
         flag("queue-limit", r.batching.queue_limit.map(|v| v.to_string()));
         flag("prepare-threads", r.batching.prepare_threads.map(|v| v.to_string()));
         flag("request-timeout", r.batching.request_timeout.map(|v| v.to_string()));
+        flag("prefix-cache-bytes", r.batching.prefix_cache_bytes.map(|v| v.to_string()));
         flag("truncate", r.scoring.truncate.map(|t| format!("{t:?}").to_lowercase()));
         flag("presets", path(&r.reward_files.presets));
         flag("running-state", path(&r.reward_files.running_state));
@@ -257,6 +262,9 @@ impl LoadedRecipe {
         }
         if r.scoring.use_record_system == Some(true) {
             args.push("--use-record-system".into());
+        }
+        if r.scoring.prefix_cache == Some(false) {
+            args.push("--bypass-prefix-cache".into());
         }
         args
     }
@@ -346,5 +354,12 @@ mod tests {
             args,
             "--dtype bf16 --tp 2 --backend nccl --port 9000 --served-model-name a --served-model-name b --request-timeout 2.5 --merge-attributes"
         );
+    }
+
+    #[test]
+    fn the_prefix_cache_keys_become_flags() {
+        let recipe = parse("[batching]\nprefix_cache_bytes = 1048576\n[scoring]\nprefix_cache = false\n").unwrap();
+        let args = LoadedRecipe { path: "r.toml".into(), recipe }.to_args().join(" ");
+        assert_eq!(args, "--prefix-cache-bytes 1048576 --bypass-prefix-cache");
     }
 }

@@ -78,6 +78,7 @@ pub(super) fn prepare_loop(
                 Input::Text(text) => preparer.prepare_text(text),
                 Input::Tokens(ids) => preparer.prepare_tokens(ids),
             })
+            .map(|r| r.map(|r| PreparedRecord { bypass_cache: opts.bypass_prefix_cache, ..r }))
             .collect();
         let prepare = started.elapsed();
         metrics::histogram!("reward_worker_stage_seconds", "stage" => "prepare").record(prepare.as_secs_f64());
@@ -141,7 +142,7 @@ pub(super) fn engine_loop(mut scorer: Scorer, jobs: Receiver<PreparedJob>, batch
             continue;
         }
         let budget = batcher.budget();
-        let batch = take_batch(&mut batcher, shared);
+        let batch = take_batch(&mut batcher, shared, &scorer);
         if !batch.is_empty() {
             // Between the groups of forward batches of a long batch, one batch of
             // whatever waits meanwhile runs: a request that costs many batches
@@ -150,7 +151,7 @@ pub(super) fn engine_loop(mut scorer: Scorer, jobs: Receiver<PreparedJob>, batch
                 while let Ok(job) = jobs.try_recv() {
                     batcher.push(job);
                 }
-                let interleaved = take_batch(&mut batcher, shared);
+                let interleaved = take_batch(&mut batcher, shared, &scorer);
                 if !interleaved.is_empty() {
                     run_batch(&scorer, interleaved, batcher.budget(), &mut || {});
                 }
@@ -162,13 +163,14 @@ pub(super) fn engine_loop(mut scorer: Scorer, jobs: Receiver<PreparedJob>, batch
 }
 
 /// The next batch from the waiting jobs, filled by tokens computed (a response
-/// whose prompt is already in the batch costs only its own tokens); jobs that
-/// expired or lost their client meanwhile are answered or dropped.
-fn take_batch(batcher: &mut TokenBudgetBatcher<PreparedJob>, shared: &Shared) -> Vec<PreparedJob> {
+/// whose prompt is already in the batch, or in the prefix cache, costs only its
+/// own tokens); jobs that expired or lost their client meanwhile are answered
+/// or dropped.
+fn take_batch(batcher: &mut TokenBudgetBatcher<PreparedJob>, shared: &Shared, scorer: &Scorer) -> Vec<PreparedJob> {
     if batcher.is_empty() {
         return Vec::new();
     }
-    let mut computed = SharedTokens::default();
+    let mut computed = scorer.shared_tokens();
     let next = batcher.next_batch(Instant::now(), |job| {
         job.items.iter().filter_map(|r| r.as_ref().ok()).map(|r| computed.add(r)).sum()
     });
@@ -222,6 +224,7 @@ fn run_batch(scorer: &Scorer, batch: Vec<PreparedJob>, budget: usize, between: &
     metrics::counter!("reward_worker_batches_total").increment(1);
     metrics::counter!("reward_worker_batch_tokens_requested_total").increment(stats.tokens_requested as u64);
     metrics::counter!("reward_worker_batch_tokens_computed_total").increment(stats.tokens_computed as u64);
+    record_prefix_cache(stats.tokens_cached, &scorer.prefix_cache_stats());
     metrics::counter!("reward_worker_forward_batches_total").increment(stats.batches as u64);
     metrics::histogram!("reward_worker_batch_fill").record(stats.tokens_computed as f64 / budget as f64);
     metrics::histogram!("reward_worker_batch_requests").record(batch.len() as f64);
@@ -264,4 +267,17 @@ fn record_raw_scores(scores: &RecordScores) {
             metrics::histogram!("reward_worker_raw_score", "attribute" => *name).record(value as f64);
         }
     }
+}
+
+/// The prefix cache on `/metrics`: tokens read from it (beside
+/// `reward_worker_batch_tokens_computed_total`, the tokens computed), bytes
+/// held against the bound, evictions.
+pub(super) fn record_prefix_cache(hit: usize, cache: &crate::batching::CacheStats) {
+    metrics::counter!("reward_worker_prefix_cache_hit_tokens_total").increment(hit as u64);
+    if cache.bytes_per_token == 0 {
+        return; // a nested call: the outer one holds the cache and records it
+    }
+    metrics::counter!("reward_worker_prefix_cache_evictions_total").absolute(cache.evictions);
+    metrics::gauge!("reward_worker_prefix_cache_bytes").set(cache.bytes_held as f64);
+    metrics::gauge!("reward_worker_prefix_cache_bound_bytes").set(cache.bound_bytes as f64);
 }

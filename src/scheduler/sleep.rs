@@ -169,6 +169,8 @@ impl SleepControl {
             }
         };
         shared.healthy.store(scorer.healthy(), Ordering::Release);
+        // A sleep dropped the prefix cache: `/metrics` says so now, not after the next batch.
+        super::engine::record_prefix_cache(0, &scorer.prefix_cache_stats());
         let seconds = started.elapsed().as_secs_f64();
         let status = self.status(seconds);
         metrics::gauge!("reward_worker_sleeping").set(status.level.map_or(0.0, |l| l.number() as f64));

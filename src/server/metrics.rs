@@ -65,6 +65,16 @@ fn describe() {
     metrics::describe_gauge!("reward_worker_sleeping", "0 awake, else the sleep level of the weights (1 or 2)");
     metrics::describe_counter!("reward_worker_sleep_transitions_total", "sleeps (sleep1, sleep2) and wakes done");
     metrics::describe_histogram!("reward_worker_sleep_seconds", "time of each sleep or wake, by transition");
+    metrics::describe_counter!(
+        "reward_worker_prefix_cache_hit_tokens_total",
+        "tokens whose keys and values the forward passes read from the prefix cache instead of computing"
+    );
+    metrics::describe_counter!("reward_worker_prefix_cache_evictions_total", "prefix-cache entries evicted");
+    metrics::describe_gauge!("reward_worker_prefix_cache_bytes", "bytes of keys and values the prefix cache holds");
+    metrics::describe_gauge!(
+        "reward_worker_prefix_cache_bound_bytes",
+        "the prefix cache's bound (--prefix-cache-bytes)"
+    );
 }
 
 /// Count and time every request by its route pattern (not its raw path, so

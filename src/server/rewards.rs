@@ -1,7 +1,8 @@
 //! `POST /v1/rewards`: this project's own API.
 //!
 //! `{"conversations": [record, ...], "weights"?: [9 floats] | "preset"?: name,
-//!   "truncate"?: "none"|"left", "use_record_system"?: bool, "model"?: name}`
+//!   "truncate"?: "none"|"left", "use_record_system"?: bool, "prefix_cache"?: bool,
+//!   "model"?: name}` (`"prefix_cache": false`: neither read nor fill the prefix cache)
 //! -> `{"model", "weights", "results": [one object per record, exactly as `score` prints it]}`.
 //!
 //! The request is scored as a whole: an invalid record refuses it with 400
@@ -32,7 +33,8 @@ use crate::output::{needs_group, record_group, render_rows, Scored};
 use crate::reward::RewardOverride;
 use crate::scheduler::Input;
 
-const FIELDS: [&str; 6] = ["conversations", "weights", "preset", "truncate", "use_record_system", "model"];
+const FIELDS: [&str; 7] =
+    ["conversations", "weights", "preset", "truncate", "use_record_system", "prefix_cache", "model"];
 
 pub async fn handle(
     State(app): State<AppState>,
@@ -109,6 +111,12 @@ pub fn score_options(body: &Value, defaults: ScoreOptions) -> Result<ScoreOption
         None | Some(Value::Null) => {}
         Some(Value::Bool(b)) => options.use_record_system = *b,
         Some(_) => return Err(ApiError::bad_request("invalid_request", "`use_record_system` must be a boolean")),
+    }
+    // `"prefix_cache": false` scores the request apart from the prefix cache.
+    match body.get("prefix_cache") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => options.bypass_prefix_cache = !*b,
+        Some(_) => return Err(ApiError::bad_request("invalid_request", "`prefix_cache` must be a boolean")),
     }
     Ok(options)
 }
