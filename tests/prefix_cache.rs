@@ -13,6 +13,7 @@
 mod common;
 
 use common::server::ChildServer;
+use common::words::{chat, text};
 use common::*;
 use reqwest::{Client, StatusCode};
 use reward_worker::config::{CommBackend, ParallelLayout};
@@ -21,32 +22,6 @@ use reward_worker::model::DType;
 use reward_worker::parallel::{load_scorer, GroupOptions};
 use serde_json::{json, Value};
 use tch::Device;
-
-const WORDS: &[&str] = &[
-    "the", "model", "reward", "answer", "question", "helpful", "water", "river", "energy", "plant", "light", "code",
-    "batch", "token", "layer", "policy", "simple", "explain", "detail", "because", "number", "world", "time", "good",
-];
-
-/// `n` words, deterministic in `seed`.
-fn text(seed: u64, n: usize) -> String {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            WORDS[(x >> 33) as usize % WORDS.len()]
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn chat(turns: &[String]) -> Value {
-    let messages: Vec<Value> = turns
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": t}))
-        .collect();
-    json!({ "messages": messages })
-}
 
 /// GRPO groups of `per_group` responses, interleaved: response r of every
 /// group, then response r + 1 of every group.

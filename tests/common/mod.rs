@@ -5,6 +5,7 @@ pub mod close;
 pub mod pipeline;
 pub mod random_model;
 pub mod server;
+pub mod words;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
