@@ -8,6 +8,9 @@
 
 use tch::{Kind, Tensor};
 
+/// A rank's (tensor-parallel group, whole group) communicators.
+pub(crate) type RankComms = (std::sync::Arc<dyn Comm>, std::sync::Arc<dyn Comm>);
+
 /// Collective and point-to-point operations within one group of ranks.
 /// `rank`/`world` and the peers of `send`/`recv` are indices within the group.
 pub trait Comm: Send + Sync {

@@ -9,6 +9,7 @@
 pub mod comm;
 pub mod fault;
 pub mod group;
+mod group_options;
 pub mod launch;
 pub mod memory;
 #[cfg(feature = "nccl")]

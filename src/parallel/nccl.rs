@@ -25,9 +25,8 @@ use tch::{Device, Kind, Tensor};
 use cudarc::driver::{result as cu, sys as cusys};
 use cudarc::nccl::sys as nccl;
 
-use super::comm::{Comm, CommError};
+use super::comm::{Comm, CommError, RankComms};
 use super::rank::RankId;
-use super::rank_thread::RankComms;
 use super::rendezvous::GroupIdBytes;
 use crate::config::ParallelLayout;
 

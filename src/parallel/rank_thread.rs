@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
-use super::comm::Comm;
 use super::fault::FaultyComm;
-use super::group::{Delivery, GroupError, GroupOptions, Health};
+use super::group_options::{Delivery, GroupError, GroupOptions, Health};
 use super::rank::{decode_job, encode_job, BatchOutcome, RankId, RankWorker};
 use super::threads::{ThreadComm, ThreadsHub};
 use super::StagePlan;
@@ -47,8 +46,7 @@ pub(crate) struct Reply {
     pub outcomes: Vec<BatchOutcome>,
 }
 
-/// A rank's (tensor-parallel group, whole group) communicators.
-pub(crate) type RankComms = (Arc<dyn Comm>, Arc<dyn Comm>);
+use super::comm::RankComms;
 
 /// How a rank builds its communicators.
 #[derive(Clone)]
