@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python"))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), os.environ.get("PYTHONPATH")]))
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (scripts/setup.sh installs it: a missing Ray fails, never skips)
 
 from reward_worker.ray_group import RewardWorkerGroup, plan_replica  # noqa: E402
 
