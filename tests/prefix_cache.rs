@@ -53,10 +53,6 @@ fn scorer(name: &str, cache_bytes: usize) -> Scorer {
     s
 }
 
-fn prepare(s: &Scorer, records: &[Value]) -> Vec<PreparedRecord> {
-    records.iter().map(|r| s.prepare(r, ScoreOptions::default()).unwrap()).collect()
-}
-
 /// Score `records` in calls of `per_call` records; the stats summed.
 fn stream(s: &Scorer, records: &[Value], per_call: usize, budget: usize) -> (Vec<RecordScores>, ScoreStats) {
     let prepared = prepare(s, records);
@@ -93,24 +89,6 @@ fn worst(got: &[RecordScores], want: &[RecordScores]) -> f64 {
     worst
 }
 
-/// Distinct (position, prefix) pairs of every scored prefix: the floor of what
-/// any scheme must compute.
-fn unique_tokens(s: &Scorer, records: &[Value]) -> usize {
-    let mut seen = std::collections::HashSet::new();
-    for r in prepare(s, records) {
-        for seq in r.sequences {
-            for &(token, prefix) in &seq.probes {
-                let mut path = seq.tokens[..prefix as usize].to_vec();
-                path.push(token);
-                for end in 1..=path.len() {
-                    seen.insert(path[..end].to_vec());
-                }
-            }
-        }
-    }
-    seen.len()
-}
-
 const MIB: usize = 1 << 20;
 
 #[test]
@@ -121,7 +99,7 @@ fn responses_arriving_one_per_call_score_as_if_alone_and_compute_each_prompt_onc
         let s = scorer(name, 64 * MIB);
         let (got, stats) = stream(&s, &records, 1, 1 << 20);
         let diff = worst(&got, &reference);
-        let unique = unique_tokens(&s, &records);
+        let unique = unique_tokens(&prepare(&s, &records));
         eprintln!("{name}: {stats:?}, unique {unique}, max relative diff {diff:.2e}");
         assert!(diff < close::SAME_MATH, "{name}: cached scoring differs from alone by {diff} (relative)");
         // every distinct token once, plus the read-out token of each record
@@ -146,7 +124,7 @@ fn a_history_growing_across_calls_is_computed_once() {
         let s = scorer(name, 64 * MIB);
         let (got, stats) = stream(&s, &order, 1, 1 << 20);
         let diff = worst(&got, &reference);
-        let unique = unique_tokens(&s, &order);
+        let unique = unique_tokens(&prepare(&s, &order));
         eprintln!("{name}: {stats:?}, unique {unique}, max relative diff {diff:.2e}");
         assert!(diff < close::SAME_MATH, "{name}: {diff} (relative)");
         // every distinct token once, plus each read-out token again: a step

@@ -8,7 +8,7 @@ mod common;
 
 use common::words::{chat, text};
 use common::*;
-use reward_worker::engine::{ModelSource, PreparedRecord, RecordScores, ScoreOptions, ScoreStats, Scorer};
+use reward_worker::engine::{ModelSource, PreparedRecord, RecordScores, ScoreStats, Scorer};
 use reward_worker::model::DType;
 use serde_json::{json, Value};
 use tch::Device;
@@ -46,8 +46,7 @@ fn scorer(name: &str, dtype: DType) -> Scorer {
 }
 
 fn score(scorer: &Scorer, records: &[Value], budget: usize) -> (Vec<RecordScores>, ScoreStats) {
-    let prepared: Vec<PreparedRecord> =
-        records.iter().map(|r| scorer.prepare(r, ScoreOptions::default()).unwrap()).collect();
+    let prepared = prepare(scorer, records);
     let refs: Vec<&PreparedRecord> = prepared.iter().collect();
     let (results, stats) = scorer.score_with_stats(&refs, budget);
     (results.into_iter().map(Result::unwrap).collect(), stats)
@@ -115,25 +114,8 @@ fn shared_tokens_are_computed_once() {
     assert!(small.tokens_computed > one_batch.tokens_computed);
     // one batch computes exactly the distinct prefixes: the header once, each
     // prompt once, identical responses once
-    let unique = unique_tokens(&s, &records);
+    let unique = unique_tokens(&prepare(&s, &records));
     assert_eq!(one_batch.tokens_computed, unique);
-}
-
-/// Distinct (position, prefix) pairs over all scored prefixes, counted by brute force.
-fn unique_tokens(s: &Scorer, records: &[Value]) -> usize {
-    let mut seen = std::collections::HashSet::new();
-    for r in records {
-        for seq in s.prepare(r, ScoreOptions::default()).unwrap().sequences {
-            for &(token, prefix) in &seq.probes {
-                let mut path = seq.tokens[..prefix as usize].to_vec();
-                path.push(token);
-                for end in 1..=path.len() {
-                    seen.insert(path[..end].to_vec());
-                }
-            }
-        }
-    }
-    seen.len()
 }
 
 #[test]

@@ -118,3 +118,27 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
+
+/// Distinct (position, prefix) pairs over every scored prefix of `records`,
+/// counted by brute force: the floor of what any scheme must compute.
+pub fn unique_tokens(records: &[reward_worker::engine::PreparedRecord]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for seq in records.iter().flat_map(|r| &r.sequences) {
+        for &(token, prefix) in &seq.probes {
+            let mut path = seq.tokens[..prefix as usize].to_vec();
+            path.push(token);
+            for end in 1..=path.len() {
+                seen.insert(path[..end].to_vec());
+            }
+        }
+    }
+    seen.len()
+}
+
+/// `records` parsed, rendered and tokenised with the default options.
+pub fn prepare(
+    scorer: &reward_worker::engine::Scorer,
+    records: &[Value],
+) -> Vec<reward_worker::engine::PreparedRecord> {
+    records.iter().map(|r| scorer.prepare(r, reward_worker::engine::ScoreOptions::default()).unwrap()).collect()
+}
