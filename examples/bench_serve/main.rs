@@ -370,16 +370,11 @@ fn run_streaming(
 
 type Drive = std::pin::Pin<Box<dyn std::future::Future<Output = streaming::StreamRun> + Send>>;
 
-/// Serve `scorer` in-process and run `drive(client, rewards url)` against it:
-/// the run, the counters over it, the cache's bytes after it and the peak RSS.
-async fn serve_stream(
+/// The service on a free local port: its URL, the sender that stops it, and its task.
+async fn start_server(
     scorer: Scorer,
-    args: &Args,
-    drive: impl Fn(&reqwest::Client, &str) -> Drive,
-) -> anyhow::Result<(streaming::StreamRun, Counters, usize, usize)> {
-    let pipeline = RewardPipeline::new(RewardConfig::default(), PresetBook::builtin())?;
-    let mut config = ServeConfig::new(pipeline);
-    config.queue = QueueConfig { batch_tokens: args.batch_tokens, queue_limit: 4096, prepare_threads: 2 };
+    config: ServeConfig,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -391,6 +386,20 @@ async fn serve_stream(
         },
         config,
     ));
+    Ok((url, stop, server))
+}
+
+/// Serve `scorer` in-process and run `drive(client, rewards url)` against it:
+/// the run, the counters over it, the cache's bytes after it and the peak RSS.
+async fn serve_stream(
+    scorer: Scorer,
+    args: &Args,
+    drive: impl Fn(&reqwest::Client, &str) -> Drive,
+) -> anyhow::Result<(streaming::StreamRun, Counters, usize, usize)> {
+    let pipeline = RewardPipeline::new(RewardConfig::default(), PresetBook::builtin())?;
+    let mut config = ServeConfig::new(pipeline);
+    config.queue = QueueConfig { batch_tokens: args.batch_tokens, queue_limit: 4096, prepare_threads: 2 };
+    let (url, stop, server) = start_server(scorer, config).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     // warm-up on a record of its own (its prompt is in no workload)
     let warm = json!({"messages": [{"role": "user", "content": "warm up"}, {"role": "assistant", "content": "ok"}]});
@@ -448,17 +457,7 @@ async fn run_service(scorer: Scorer, records: &[Value], args: &Args) -> anyhow::
         queue_limit: 4 * records.len().max(args.clients),
         prepare_threads: 2,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        scorer,
-        vec![Listener::Tcp(listener)],
-        async move {
-            let _ = stopped.await;
-        },
-        config,
-    ));
+    let (url, stop, server) = start_server(scorer, config).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
     drive(&client, &format!("{url}/v1/rewards"), &records[..1], 1, raw_of_rewards).await?; // warm-up
     let before = counters(&client, &url).await?;
